@@ -46,3 +46,9 @@ def require(module: str, package: str, extra: str | None = None):
     except ImportError as e:
         hint = f"pip install {package}" if extra is None else f"pip install 'polydet[{extra}]' (or {package})"
         raise MissingDependencyError(f"{module!r} is required for this feature but is not installed: {hint}") from e
+
+
+class ExportError(PolydetError):
+    """An export failed or its artifact disagrees with the eager model beyond tolerance."""
+
+    http_status = 500

@@ -1,0 +1,152 @@
+"""``polydet`` command line: each subcommand is a parser plus a call into the library.
+
+Subcommands that live elsewhere are imported only when used, so ``polydet predict`` does not import
+TorchServe, grpc or the training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+# subcommand -> (module, help). Each module has main(argv) -> int.
+EXTERNAL = {
+    "train": ("polydet.train.trainer", "train a polygon YOLOv5 (synthetic main-area data by default)"),
+    "eval": ("polydet.evaluate", "mAP50 / mAP50-95 of any artifact on a labelled folder"),
+    "client": ("polydet.serving.client", "REST / gRPC inference client for a running TorchServe"),
+    "manage": ("polydet.serving.client", "TorchServe management: register, unregister, scale, list"),
+    "serve": ("polydet.serving.server", "build archives, start TorchServe, wait READY, send a sample"),
+    "stop": ("polydet.serving.server", "stop the TorchServe started by `polydet serve`"),
+    "bench": ("polydet.bench", "benchmarks: pipeline stages, served vs in-process, NMS"),
+}
+DATA_MODULE = "polydet.data.synth"
+
+
+def _add_threshold_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS polygon IoU threshold (default 0.45)")
+    p.add_argument("--max-det", type=int, default=100, help="max detections per image (default 100)")
+    p.add_argument("--multi-label", action="store_true", help="one detection per class above --conf")
+    p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polydet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="detect polygons in images")
+    p.add_argument("--model", required=True, help="artifact: .torchscript/.pt, .onnx, or a checkpoint")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--json", action="store_true", help="print one output-contract JSON object per image")
+    p.add_argument("--draw", metavar="OUTDIR", help="write images with the detections drawn")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--half", action="store_true", help="fp16 (CUDA only)")
+    p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
+    _add_threshold_args(p)
+
+    p = sub.add_parser("export", help="export weights to TorchScript or ONNX (verified against eager)")
+    p.add_argument("--weights", required=True, help="checkpoint, seed state_dict, or random[:cfg] for a demo")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument("--out", help="output path (default: <weights stem>_<imgsz>.<format>)")
+    p.add_argument("--imgsz", type=int, help="square input size (default: the checkpoint's, else 224)")
+    p.add_argument("--half", action="store_true", help="fp16 artifact (needs --device cuda)")
+    p.add_argument("--dynamic", action="store_true", help="any stride-aligned H x W (rectangular letterbox)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--device", default="cpu", help="device to trace on (artifacts run on any device)")
+    p.add_argument("--cfg", help="model yaml for a seed state_dict (default: the shipped one that matches)")
+    p.add_argument("--names", help="comma-separated class names (default: from the checkpoint)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights")
+
+    p = sub.add_parser("data", help="datasets: `polydet data synth OUT --n N --seed S`")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, (_, help_) in EXTERNAL.items():
+        q = sub.add_parser(name, help=help_, add_help=False)
+        q.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _predict(args) -> int:
+    from .errors import PolydetError
+    from .pipeline import Detector, DetectOptions
+
+    opts = DetectOptions.from_dict({"conf": args.conf, "iou": args.iou, "max_det": args.max_det,
+                                    "multi_label": args.multi_label, "agnostic": args.agnostic})
+    det = Detector.from_artifact(args.model, device=args.device, half=args.half, options=opts)
+    outdir = Path(args.draw) if args.draw else None
+    if outdir:
+        outdir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for start in range(0, len(args.images), args.batch):
+        paths = args.images[start : start + args.batch]
+        datas, good = [], []
+        for path in paths:
+            try:
+                datas.append(Path(path).read_bytes())
+                good.append(path)
+            except OSError as e:
+                print(f"{path}: {e}", file=sys.stderr)
+                failed += 1
+        # decode one by one so one bad file does not sink the batch
+        images, names = [], []
+        from .imageio import decode_image
+
+        for path, data in zip(good, datas):
+            try:
+                images.append(decode_image(data, det.max_pixels))
+                names.append(path)
+            except PolydetError as e:
+                print(f"{path}: {e}", file=sys.stderr)
+                failed += 1
+        for path, img, res in zip(names, images, det.detect(images) if images else []):
+            if args.json:
+                print(json.dumps({"image": path, **res}))
+            else:
+                summary = ", ".join(f"{d['class_name']} {d['score']:.2f}" for d in res["detections"]) or "nothing"
+                print(f"{path} ({res['width']}x{res['height']}): {summary}")
+            if outdir:
+                import cv2
+
+                from .draw import draw_detections
+
+                cv2.imwrite(str(outdir / (Path(path).stem + ".jpg")), draw_detections(img, res))
+    return 1 if failed else 0
+
+
+def _export(args) -> int:
+    from .export import export
+
+    names = args.names.split(",") if args.names else None
+    out, diff = export(args.weights, args.format, out=args.out, imgsz=args.imgsz, half=args.half,
+                       dynamic=args.dynamic, opset=args.opset, device=args.device, cfg=args.cfg, names=names,
+                       seed=args.seed)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    print(f"parity vs eager model: max |diff| corners {diff['corners_px']:.3g} px, scores {diff['scores']:.3g}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import PolydetError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    if argv and argv[0] in EXTERNAL:  # hand the rest to the owning module untouched (its own --help)
+        mod = importlib.import_module(EXTERNAL[argv[0]][0])
+        entry = getattr(mod, f"{argv[0]}_main", None) or mod.main
+        return entry(argv[1:]) or 0
+    if argv[:2] == ["data", "synth"]:
+        return importlib.import_module(DATA_MODULE).main(argv[2:]) or 0
+    args = parser.parse_args(argv)
+    if args.command == "data":
+        parser.error("data: the only subcommand is `synth` (polydet data synth OUT --n N --seed S)")
+    try:
+        return {"predict": _predict, "export": _export}[args.command](args)
+    except PolydetError as e:
+        print(f"polydet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
