@@ -23,7 +23,7 @@ def _sniff(data: bytes) -> str | None:
     """Name of a few well-known non-image or unsupported formats, for clearer error messages."""
     head = data[:16].lstrip()
     for magic, name in ((b"%PDF", "PDF"), (b"GIF8", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-                        (b"<!DOCTYPE", "HTML"), (b"<html", "HTML"), (b"<HTML", "HTML"), (b"{", "JSON")):
+                        (b"<!DOCTYPE", "HTML"), (b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"<html", "HTML"), (b"<HTML", "HTML"), (b"{", "JSON")):
         if head.startswith(magic):
             return name
     return None
@@ -49,11 +49,13 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int | None = 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"image too large: {e}") from e
+        raise ImageTooLargeError(f"image too large (limit {max_pixels} pixels): {e}") from e
     except Exception as e:  # noqa: BLE001 - PIL raises UnidentifiedImageError, OSError, ValueError...
         kind = _sniff(data)
         if kind in ("PDF", "HTML", "JSON"):
             raise UnsupportedFormatError(f"not an image: the bytes look like {kind}") from e
+        if kind in ("JPEG", "PNG"):
+            raise InvalidInputError(f"corrupt or truncated {kind} image ({len(data)} bytes): {e}") from e
         raise InvalidInputError(f"cannot decode image ({len(data)} bytes): not a JPEG, PNG, BMP or WebP file") from e
     if img.format not in SUPPORTED_FORMATS:
         raise UnsupportedFormatError(f"unsupported image format {img.format}: send JPEG, PNG, BMP or WebP")

@@ -1,0 +1,42 @@
+# The two commands README opens with: `make serve` and `make test`. Both build the environment first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-pins.txt | sha1sum | cut -c1-12)
+
+.PHONY: install serve stop test test-unit test-integration archives bench clean
+
+$(STAMP): pyproject.toml requirements-pins.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (see requirements-pins.txt)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-pins.txt
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements-pins.txt -e '.[all]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+archives: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH ./archive.sh
+
+serve: archives
+	$(BIN)/polydet serve
+
+stop:
+	$(BIN)/polydet stop
+
+# System packages the integration tests use (a real Prometheus). Best effort: tests skip with the
+# reason when one is missing.
+sysdeps:
+	@command -v prometheus >/dev/null 2>&1 || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || echo "prometheus could not be installed; its test will skip"; }
+
+test: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q -ra tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -ra tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_nms.py
+
+clean:
+	rm -rf $(VENV) model_store/*.mar build dist
