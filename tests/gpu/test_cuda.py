@@ -1,0 +1,90 @@
+"""Device tests: run on a CUDA machine (`scripts/gpu_tests.sh`); skipped elsewhere, with the reason.
+
+An artifact exported on the CPU must run on CUDA and the other way round: a trace bakes the device of
+tensors that forward creates (the detection grid), so both directions are checked against eager.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from polydet.backends import load_backend
+from polydet.export import TOLERANCES, export, load_or_build
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu_tests.sh)")
+
+
+def _ref(device, size=224):
+    model, _ = load_or_build("random", seed=0)
+    x = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        return x, model.to(device).eval()(x.to(device)).float().cpu()
+
+
+def _close(out, ref, kind):
+    tol = TOLERANCES[kind]
+    assert float((out[..., :8] - ref[..., :8]).abs().max()) <= tol["corners_px"]
+    assert float((out[..., 8:] - ref[..., 8:]).abs().max()) <= tol["scores"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_cpu_export_runs_on_cuda(tmp_path, fmt):
+    path, _ = export("random", fmt, out=tmp_path / f"cpu.{fmt}", device="cpu")
+    x, ref = _ref("cpu")
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip("onnxruntime here has no CUDAExecutionProvider (CPU build)")
+    out = load_backend(path, device="cuda")(x).cpu()
+    _close(out, ref, "fp32")
+
+
+def test_cuda_export_runs_on_cpu(tmp_path):
+    path, _ = export("random", "torchscript", out=tmp_path / "cuda.torchscript", device="cuda")
+    x, ref = _ref("cpu")
+    _close(load_backend(path, device="cpu")(x), ref, "fp32")
+    _close(load_backend(path, device="cuda")(x).cpu(), ref, "fp32")
+
+
+def test_fp16_on_cuda(tmp_path):
+    cpu_path, _ = export("random", "torchscript", out=tmp_path / "cpu.torchscript", device="cpu")
+    x, ref = _ref("cuda")
+    b = load_backend(cpu_path, device="cuda", half=True)
+    assert b.half and b.input_dtype == torch.float16
+    _close(b(x).cpu(), ref, "fp16")
+    half_path, diff = export("random", "torchscript", out=tmp_path / "half.torchscript", device="cuda", half=True)
+    assert diff["corners_px"] <= TOLERANCES["fp16"]["corners_px"]
+    hb = load_backend(half_path, device="cuda")
+    assert hb.info.half and hb.half
+    _close(hb(x).cpu(), ref, "fp16")
+
+
+def test_ops_same_on_cpu_and_cuda():
+    from polydet.ops import polygon_iou, polygon_nms
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(200, 4, 2, generator=g) * 100
+    b = torch.rand(150, 4, 2, generator=g) * 100
+    torch.testing.assert_close(polygon_iou(a.cuda(), b.cuda()).cpu(), polygon_iou(a, b), atol=1e-5, rtol=0)
+    centers = torch.rand(1, 3000, 1, 2, generator=g) * 200
+    quads = centers + torch.tensor([[-20.0, -15], [20, -15], [20, 15], [-20, 15]]) * (0.5 + torch.rand(1, 3000, 1, 1, generator=g))
+    pred = torch.cat([quads.view(1, 3000, 8), torch.rand(1, 3000, 3, generator=g)], -1)
+    cpu = polygon_nms(pred, conf=0.3, iou=0.45)[0]
+    gpu = polygon_nms(pred.cuda(), conf=0.3, iou=0.45)[0].cpu()
+    assert cpu.shape == gpu.shape and cpu.shape[0] > 0
+    torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=0)
+
+
+def test_detector_cuda_matches_cpu(tmp_path):
+    from polydet.pipeline import DetectOptions, Detector
+
+    path, _ = export("random", "torchscript", out=tmp_path / "m.torchscript", device="cpu")
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), rng.integers(0, 255, (900, 300, 3), dtype=np.uint8)]
+    opts = DetectOptions(conf=0.01, max_det=30)
+    cpu = Detector.from_artifact(path, device="cpu", options=opts).detect(imgs)
+    gpu = Detector.from_artifact(path, device="cuda", options=opts).detect(imgs)
+    for a, b in zip(cpu, gpu):
+        assert [d["class_id"] for d in a["detections"]] == [d["class_id"] for d in b["detections"]]
+        np.testing.assert_allclose([d["polygon"] for d in a["detections"]], [d["polygon"] for d in b["detections"]], atol=0.05)

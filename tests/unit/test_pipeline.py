@@ -1,0 +1,126 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polydet.backends.base import Backend
+from polydet.errors import InvalidInputError
+from polydet.meta import ModelInfo
+from polydet.pipeline import DetectOptions, Detector
+
+
+class FixedBackend(Backend):
+    """Answers every image with the same letterboxed-pixel rows: a known answer for the pipeline."""
+
+    def __init__(self, rows, info=None):
+        super().__init__("fixed")
+        self.rows = torch.tensor(rows, dtype=torch.float32)
+        self.info = info or ModelInfo(names=["page", "photo"], imgsz=224)
+        self.seen = []
+
+    def __call__(self, x):
+        self.seen.append(tuple(x.shape))
+        assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
+        return self.rows.expand(x.shape[0], *self.rows.shape).clone()
+
+
+# A page quad in letterboxed 224x224 pixels, obj 0.9, cls (0.8, 0.1) -> score 0.72 class 0;
+# a weaker photo quad, and noise below threshold.
+ROWS = [[20, 40, 200, 40, 200, 180, 20, 180, 0.9, 0.8, 0.1],
+        [30, 50, 100, 50, 100, 120, 30, 120, 0.6, 0.1, 0.9],
+        [0, 0, 10, 0, 10, 10, 0, 10, 0.1, 0.9, 0.9]]
+
+
+def png(arr):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_polygons_come_back_in_original_pixels():
+    det = Detector(FixedBackend(ROWS))
+    img = np.zeros((480, 640, 3), np.uint8)  # scale 0.35, pad top 28
+    res = det.detect([img, png(np.zeros((100, 50, 3), np.uint8))])
+    r0 = res[0]
+    assert r0["width"] == 640 and r0["height"] == 480
+    assert [d["class_name"] for d in r0["detections"]] == ["page", "photo"]
+    assert r0["detections"][0]["score"] == pytest.approx(0.72)
+    assert r0["detections"][1]["score"] == pytest.approx(0.54)
+    expected = (np.array(ROWS[0][:8]).reshape(4, 2) - [0, 28]) / 0.35
+    np.testing.assert_allclose(r0["detections"][0]["polygon"], expected, atol=0.01)
+    # second image: 100x50 (h x w) -> scale 2.24, pad left 56; clamped to the image
+    r1 = res[1]
+    assert (r1["width"], r1["height"]) == (50, 100)
+    p = np.array(r1["detections"][0]["polygon"])
+    np.testing.assert_allclose(p, np.clip((np.array(ROWS[0][:8]).reshape(4, 2) - [56, 0]) / 2.24, 0, [50, 100]),
+                               atol=0.01)
+    assert set(det.last_timings) == {"preprocess", "inference", "postprocess"}
+
+
+def test_per_image_options_and_empty_results():
+    det = Detector(FixedBackend(ROWS))
+    img = np.zeros((224, 224, 3), np.uint8)
+    res = det.detect([img, img, img], [DetectOptions(), DetectOptions(conf=0.6), DetectOptions(conf=0.95)])
+    assert [len(r["detections"]) for r in res] == [2, 1, 0]
+    assert res[2]["detections"] == []
+
+
+def test_batch_of_mixed_sizes_uses_one_forward():
+    backend = FixedBackend(ROWS)
+    det = Detector(backend)
+    det.detect([np.zeros((10, 2000, 3), np.uint8), np.zeros((1600, 900), np.uint8), np.zeros((5, 5, 4), np.uint8)])
+    assert backend.seen == [(3, 3, 224, 224)]
+
+
+def test_dynamic_artifact_letterboxes_rectangles_padded_to_batch_max():
+    backend = FixedBackend(ROWS, ModelInfo(imgsz=320, letterbox="auto", dynamic=True))
+    det = Detector(backend)
+    det.detect([np.zeros((480, 640, 3), np.uint8), np.zeros((640, 320, 3), np.uint8)])
+    assert backend.seen == [(2, 3, 320, 320)]  # 256x320 and 320x160 padded to the batch max
+    det.detect([np.zeros((480, 640, 3), np.uint8)])
+    assert backend.seen[-1] == (1, 3, 256, 320)
+
+
+def test_bad_input_raises_typed_error():
+    det = Detector(FixedBackend(ROWS))
+    with pytest.raises(InvalidInputError, match="empty"):
+        det.detect([b""])
+    with pytest.raises(InvalidInputError, match="dtype"):
+        det.detect([np.zeros((4, 4, 3), np.float64)])
+    assert det.detect([]) == []
+
+
+@pytest.mark.parametrize("d,msg", [
+    ({"conf": "abc"}, "conf must be a number"), ({"conf": 5}, "conf must be a number"),
+    ({"iou": -0.1}, "iou must be"), ({"max_det": -1}, "max_det must be"), ({"max_det": 2.5}, "max_det"),
+    ({"max_det": True}, "max_det"), ({"agnostic": "yes"}, "agnostic must be true or false"),
+    ({"colour": 1}, "unknown option"),
+])
+def test_options_validation(d, msg):
+    with pytest.raises(InvalidInputError, match=msg):
+        DetectOptions.from_dict(d)
+
+
+def test_options_from_dict_and_replace():
+    o = DetectOptions.from_dict({"conf": 1, "max_det": 5, "agnostic": True})
+    assert o == DetectOptions(conf=1.0, max_det=5, agnostic=True) and isinstance(o.conf, float)
+    assert o.replace(iou=0.3).iou == 0.3 and o.replace(iou=0.3).max_det == 5
+
+
+def test_all_backends_agree_end_to_end(artifacts):
+    """The same random model as checkpoint, TorchScript and ONNX gives the same detections."""
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (300, 500, 3), dtype=np.uint8), rng.integers(0, 255, (640, 200, 3), dtype=np.uint8)]
+    opts = DetectOptions(conf=0.01, max_det=20)
+    results = {k: Detector.from_artifact(artifacts[k], options=opts).detect(imgs) for k in ("ckpt", "torchscript", "onnx")}
+    ref = results["ckpt"]
+    assert sum(len(r["detections"]) for r in ref) > 0
+    for k in ("torchscript", "onnx"):
+        for a, b in zip(results[k], ref):
+            assert [d["class_id"] for d in a["detections"]] == [d["class_id"] for d in b["detections"]]
+            np.testing.assert_allclose([d["polygon"] for d in a["detections"]], [d["polygon"] for d in b["detections"]],
+                                       atol=0.05)
+            np.testing.assert_allclose([d["score"] for d in a["detections"]], [d["score"] for d in b["detections"]],
+                                       atol=1e-3)
