@@ -16,10 +16,10 @@ from pathlib import Path
 EXTERNAL = {
     "train": ("polydet.train.trainer", "train a polygon YOLOv5 (synthetic main-area data by default)"),
     "eval": ("polydet.evaluate", "mAP50 / mAP50-95 of any artifact on a labelled folder"),
-    "client": ("polydet.serving.client", "REST / gRPC inference client for a running TorchServe"),
-    "manage": ("polydet.serving.client", "TorchServe management: register, unregister, scale, list"),
-    "serve": ("polydet.serving.server", "build archives, start TorchServe, wait READY, send a sample"),
-    "stop": ("polydet.serving.server", "stop the TorchServe started by `polydet serve`"),
+    "client": ("polydet.serving.commands", "REST / gRPC inference client for a running TorchServe"),
+    "manage": ("polydet.serving.commands", "TorchServe management: register, unregister, scale, list"),
+    "serve": ("polydet.serving.commands", "build archives, start TorchServe, wait READY, send a sample"),
+    "stop": ("polydet.serving.commands", "stop the TorchServe started by `polydet serve`"),
     "bench": ("polydet.bench", "benchmarks: pipeline stages, served vs in-process, NMS"),
 }
 DATA_MODULE = "polydet.data.synth"

@@ -113,7 +113,7 @@ def test_all_backends_agree_end_to_end(artifacts):
     """The same random model as checkpoint, TorchScript and ONNX gives the same detections."""
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (300, 500, 3), dtype=np.uint8), rng.integers(0, 255, (640, 200, 3), dtype=np.uint8)]
-    opts = DetectOptions(conf=0.01, max_det=20)
+    opts = DetectOptions(conf=0.0003, max_det=20)  # random weights: obj prior ~1e-3
     results = {k: Detector.from_artifact(artifacts[k], options=opts).detect(imgs) for k in ("ckpt", "torchscript", "onnx")}
     ref = results["ckpt"]
     assert sum(len(r["detections"]) for r in ref) > 0
