@@ -1,0 +1,111 @@
+"""Offline image and font sources bundled inside PyPI wheels (scikit-image, scikit-learn, matplotlib).
+
+Nothing is downloaded: only files that ship inside the installed wheels are read. Everything is loaded
+once per process on first use (lazily, so importing this module costs nothing) and kept in memory as
+BGR uint8. A missing package only shrinks the pool; an empty pool is an error that names the extra.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import MissingDependencyError
+
+# Natural photographs: contents of printed photos / screens and material for backgrounds.
+_SKIMAGE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "motorcycle_right.png",
+                   "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "coins.png",
+                   "moon.png", "clock_motion.png", "cell.png"]
+# Grey textures: good backgrounds (ground, walls), poor "photo" contents on their own.
+_SKIMAGE_TEXTURES = ["brick.png", "grass.png", "gravel.png"]
+_SKLEARN_PHOTOS = ["china.jpg", "flower.jpg"]
+_MPL_PHOTOS = ["grace_hopper.jpg"]
+# Graphics with alpha: small logos printed on cards / letterheads.
+_LOGOS = [("skimage", "logo.png"), ("mpl", "logo2.png"), ("mpl", "Minduka_Present_Blue_Pack.png")]
+# Fonts that draw Latin text (the STIX size/symbol variants, cmex/cmsy and LastResort draw symbols).
+_FONT_NAMES = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
+               "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
+               "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf",
+               "cmtt10.ttf", "cmb10.ttf", "cmti10.ttf", "DejaVuSansDisplay.ttf"]
+
+
+def _pkg_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _dirs() -> dict[str, Path | None]:
+    sk, sl, mpl = _pkg_dir("skimage"), _pkg_dir("sklearn"), _pkg_dir("matplotlib")
+    return {"skimage": sk / "data" if sk else None,
+            "sklearn": sl / "datasets" / "images" if sl else None,
+            "mpl": mpl / "mpl-data" / "sample_data" if mpl else None,
+            "mplfonts": mpl / "mpl-data" / "fonts" / "ttf" if mpl else None}
+
+
+def _read(path: Path | None, flags=cv2.IMREAD_COLOR) -> np.ndarray | None:
+    if path is None or not path.is_file():
+        return None
+    return cv2.imread(str(path), flags)
+
+
+def _cap(img: np.ndarray, long_side: int = 1024) -> np.ndarray:
+    s = long_side / max(img.shape[:2])
+    return cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
+
+
+def _hillshade(z: np.ndarray) -> np.ndarray:
+    """A digital elevation model rendered as a shaded terrain picture (a map / aerial look)."""
+    z = z.astype(np.float32)
+    z = (z - z.min()) / max(float(np.ptp(z)), 1e-6)
+    gy, gx = np.gradient(z * 40)
+    shade = np.clip(0.6 + 0.5 * (gx - gy) / np.sqrt(1 + gx * gx + gy * gy), 0, 1)
+    col = cv2.applyColorMap((z * 255).astype(np.uint8), cv2.COLORMAP_DEEPGREEN).astype(np.float32)
+    return np.clip(col * shade[..., None] * 1.2, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Pool:
+    photos: tuple[np.ndarray, ...]  # BGR natural pictures (grey ones are stored as 3-channel)
+    textures: tuple[np.ndarray, ...]  # BGR grey textures for backgrounds
+    faces: np.ndarray  # (N, 25, 25) uint8 faces (LFW subset) for contact sheets / ID cards
+    logos: tuple[np.ndarray, ...]  # BGRA graphics
+    fonts: tuple[str, ...]  # TrueType paths, sorted
+
+
+@functools.lru_cache(maxsize=1)
+def pool() -> Pool:
+    """Load every bundled picture once per process (about 10 MB)."""
+    d = _dirs()
+    photos = []
+    for key, names in (("skimage", _SKIMAGE_PHOTOS), ("sklearn", _SKLEARN_PHOTOS), ("mpl", _MPL_PHOTOS)):
+        for n in names:
+            img = _read(d[key] / n if d[key] else None)
+            if img is not None:
+                photos.append(_cap(img))
+    if d["mpl"] is not None:  # elevation models become aerial/terrain pictures
+        for n, k in (("jacksboro_fault_dem.npz", "elevation"), ("topobathy.npz", "topo")):
+            p = d["mpl"] / n
+            if p.is_file():
+                photos.append(_hillshade(np.load(p)[k]))
+    textures = [_cap(t) for n in _SKIMAGE_TEXTURES if (t := _read(d["skimage"] / n if d["skimage"] else None))
+                is not None]
+    faces = np.zeros((0, 25, 25), np.uint8)
+    if d["skimage"] is not None and (d["skimage"] / "lfw_subset.npy").is_file():
+        faces = (np.load(d["skimage"] / "lfw_subset.npy") * 255).astype(np.uint8)
+    logos = []
+    for key, n in _LOGOS:
+        img = _read(d[key] / n if d[key] else None, cv2.IMREAD_UNCHANGED)
+        if img is not None and img.ndim == 3 and img.shape[2] == 4:
+            logos.append(img)
+    fonts = sorted(str(d["mplfonts"] / n) for n in _FONT_NAMES if d["mplfonts"] and (d["mplfonts"] / n).is_file())
+    if len(photos) < 3:
+        raise MissingDependencyError("the synthetic data generator needs the bundled sample pictures of "
+                                     "scikit-image / scikit-learn / matplotlib: pip install 'polydet[data]'")
+    return Pool(tuple(photos), tuple(textures), faces, tuple(logos), tuple(fonts))
