@@ -257,3 +257,17 @@ def test_convex_clipping_matches_shapely():
         a, b = (np.asarray(Polygon(rng.uniform(0, 50, (8, 2))).convex_hull.exterior.coords)[:-1] for _ in range(2))
         assert poly_area(a) == pytest.approx(Polygon(a).area)
         assert inter_area(a, b) == pytest.approx(Polygon(a).intersection(Polygon(b)).area, abs=1e-6)
+
+
+def test_warp_puts_texture_exactly_on_the_label_quad():
+    # Coverage of a white texture warped onto black must have the quad's area and centroid: the label
+    # is the object's outer edge to a fraction of a pixel, not off by the half-pixel centre convention.
+    quad = np.array([[40.3, 30.7], [170.2, 52.9], [150.6, 140.1], [25.4, 118.8]])
+    img = np.zeros((180, 200, 3), np.uint8)
+    synth._warp_into(img, np.full((90, 120, 3), 255, np.uint8), None, quad)
+    cov = img[..., 0].astype(np.float64) / 255
+    poly = Polygon(quad)
+    assert cov.sum() == pytest.approx(poly.area, rel=0.01)
+    ys, xs = np.mgrid[0:180, 0:200] + 0.5  # pixel centres in label (pixel-edge) coordinates
+    cx, cy = (cov * xs).sum() / cov.sum(), (cov * ys).sum() / cov.sum()
+    assert abs(cx - poly.centroid.x) < 0.15 and abs(cy - poly.centroid.y) < 0.15

@@ -244,19 +244,24 @@ def wear(rng, page):
     h, w = page.shape[:2]
     if rng.random() < 0.3:  # fold lines: a crease with a shading step across it
         vertical = rng.random() < 0.4
+        size = w if vertical else h
         n = int(rng.integers(1, 3))
         for k in range(n):
-            pos = int((w if vertical else h) * (k + 1) / (n + 1) + rng.normal(0, 0.02) * h)
-            band = max(2, int((w if vertical else h) * _u(rng, 0.02, 0.08)))
-            g = np.linspace(_u(rng, 0.85, 0.97), 1.0, band, dtype=np.float32)
+            pos = int(np.clip(size * ((k + 1) / (n + 1) + rng.normal(0, 0.02)), 0, size))
+            band = max(2, int(size * _u(rng, 0.02, 0.08)))
+            lo = max(0, pos - band)
+            g = np.linspace(_u(rng, 0.85, 0.97), 1.0, band, dtype=np.float32)[band - (pos - lo):]
+            col = (235, 235, 235) if rng.random() < 0.5 else (150, 150, 150)
+            if pos - lo < 1:
+                continue
             if vertical:
-                sl = page[:, max(0, pos - band):pos]
-                sl[:] = (sl * g[-sl.shape[1]:][None, :, None]).astype(np.uint8)
-                cv2.line(page, (pos, 0), (pos, h), (235, 235, 235) if rng.random() < 0.5 else (150, 150, 150), 1)
+                sl = page[:, lo:pos]
+                sl[:] = (sl * g[None, :, None]).astype(np.uint8)
+                cv2.line(page, (pos, 0), (pos, h), col, 1)
             else:
-                sl = page[max(0, pos - band):pos]
-                sl[:] = (sl * g[-sl.shape[0]:][:, None, None]).astype(np.uint8)
-                cv2.line(page, (0, pos), (w, pos), (235, 235, 235) if rng.random() < 0.5 else (150, 150, 150), 1)
+                sl = page[lo:pos]
+                sl[:] = (sl * g[:, None, None]).astype(np.uint8)
+                cv2.line(page, (0, pos), (w, pos), col, 1)
     if rng.random() < 0.12:  # coffee ring / stain
         c = (int(rng.integers(w)), int(rng.integers(h)))
         r = int(min(h, w) * _u(rng, 0.05, 0.2))

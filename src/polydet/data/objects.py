@@ -66,8 +66,8 @@ def photo_texture(rng, h: int, w: int):
         glare = _u(rng, 0.1, 0.5) if rng.random() < 0.3 else 0.0
     elif kind == "card":
         tex = picture(rng, h, w)
-        if rng.random() < 0.5:  # a text panel (postcard / ID card) over part of the picture
-            ph = int(h * _u(rng, 0.15, 0.35))
+        ph = int(h * _u(rng, 0.15, 0.35))
+        if rng.random() < 0.5 and ph >= 6:  # a text panel (postcard / ID card) over part of the picture
             y0 = 0 if rng.random() < 0.5 else h - ph
             tex[y0:y0 + ph] = (tex[y0:y0 + ph] * 0.3 + random_color(rng, 150, 255) * 0.7).astype(np.uint8)
             ink = np.zeros((ph, w), np.uint8)

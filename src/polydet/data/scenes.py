@@ -22,8 +22,9 @@ def fractal_noise(rng, h: int, w: int, base: float = 4.0, octaves: int = 5, gain
     is about one full-size resize."""
     long = max(h, w)
     acc, tot, amp, cells = None, 0.0, 1.0, base
+    cells = min(cells, max(1.0, long / 2))  # at least one octave, even for a tiny image
     for _ in range(octaves):
-        if cells > long / 2:
+        if cells > long / 2 and acc is not None:
             break
         gh = max(2, int(round(cells * h / long)) + 2)
         gw = max(2, int(round(cells * w / long)) + 2)
@@ -161,7 +162,9 @@ def wood_(rng, h, w):
         x0 = int(rng.integers(0, step))
         for x in range(x0 - step, w, step):
             sl = img[:, max(0, x):max(0, x + step)]
-            sl[:] = cv2.convertScaleAbs(sl, alpha=_u(rng, 0.85, 1.12))
+            k = _u(rng, 0.85, 1.12)
+            if sl.size:
+                sl[:] = cv2.convertScaleAbs(sl, alpha=k)
             if x > 0:
                 cv2.line(img, (x, 0), (x, h), tuple(float(v) * 0.45 for v in base), max(1, w // 500))
     return img

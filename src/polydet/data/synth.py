@@ -37,7 +37,7 @@ class SynthConfig:
     aspect: tuple[float, float] = (0.5, 2.0)  # image w/h
     n_objects_p: tuple[float, ...] = (0.08, 0.5, 0.27, 0.15)  # P(0, 1, 2, 3 objects); 8 % empty negatives
     photo_p: float = 0.45  # P(an object is a photo/card/screen rather than a page)
-    area: tuple[float, float] = (0.03, 0.8)  # quad area / image area, log-uniform
+    area: tuple[float, float] = (0.03, 0.8)  # quad area / image area: half log-uniform, half uniform
     obj_aspect: tuple[float, float] = (0.5, 2.0)  # flat object's w/h before projection
     common_aspect_p: float = 0.5  # P(a standard A4/letter/4:3/16:9/card ratio) instead of uniform
     max_tilt: float = 35.0  # degrees around the x and y axes (in-plane rotation is always 0-360)
@@ -116,7 +116,11 @@ def place_objects(rng, w: int, h: int, cfg: SynthConfig) -> list[tuple[int, floa
         for _try in range(12):
             cls = int(rng.random() < cfg.photo_p)
             aspect = _obj_aspect(rng, cfg)
-            frac = math.exp(rng.uniform(math.log(cfg.area[0]), math.log(max(hi, cfg.area[0] * 1.01))))
+            hi_k = max(hi, cfg.area[0] * 1.01)
+            if rng.random() < 0.5:  # log-uniform: many small objects
+                frac = math.exp(rng.uniform(math.log(cfg.area[0]), math.log(hi_k)))
+            else:  # uniform: as many large ones (a document filling the frame is the classic shot)
+                frac = rng.uniform(cfg.area[0], hi_k)
             q = sample_quad(rng, w, h, aspect, frac, cfg.max_tilt, cfg.fov, cfg.area[0])
             if q is None or _min_side(q) < cfg.min_visible_px:
                 continue
