@@ -1,0 +1,279 @@
+"""CLI subcommands of the serving package: ``polydet client|manage|serve|stop``.
+
+Each is a ``make_*_parser()`` plus a ``*_main(argv) -> int`` that calls into client.py / server.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import glob
+import json
+import sys
+from pathlib import Path
+
+from ..errors import PolydetError
+
+IMAGE_GLOBS = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp")
+
+
+def _tokens(token_file: str | None):
+    from .server import Tokens
+
+    if token_file is None or token_file == "none":
+        return None
+    if not Path(token_file).exists():
+        if token_file == "key_file.json":  # the default: no file -> no token (auth may be off)
+            return None
+        raise PolydetError(f"token file not found: {token_file}")
+    return Tokens.read(token_file, timeout=0)
+
+
+# -- polydet client ---------------------------------------------------------------------------------
+def make_client_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polydet client", description="Send images to a running polydet TorchServe "
+                                "and print one output-contract JSON object per image.")
+    sub = p.add_subparsers(dest="transport", required=True)
+    for name in ("rest", "grpc"):
+        q = sub.add_parser(name, help=f"over {name.upper()}")
+        q.add_argument("images", nargs="+", help="image files")
+        if name == "rest":
+            q.add_argument("--url", default="http://127.0.0.1:8080", help="inference API (default %(default)s)")
+            q.add_argument("--mode", choices=["raw", "multipart", "json"], help="request form (default: raw, "
+                           "json when thresholds or --dewarp are given)")
+        else:
+            q.add_argument("--target", default="127.0.0.1:7070", help="gRPC inference (default %(default)s)")
+        q.add_argument("--token-file", default="key_file.json",
+                       help="TorchServe's key_file.json (default: ./key_file.json; 'none' sends no token)")
+        q.add_argument("--model", default="polydet", help="model name (default %(default)s)")
+        q.add_argument("--version", help="model version (default: the default version)")
+        q.add_argument("--conf", type=float, help="per-request confidence threshold")
+        q.add_argument("--iou", type=float, help="per-request NMS IoU threshold")
+        q.add_argument("--max-det", type=int, help="per-request max detections")
+        q.add_argument("--dewarp", metavar="OUTDIR", help="ask for the rectified crop of the best detection "
+                       "and write it to OUTDIR/<image stem>_dewarp.jpg")
+    return p
+
+
+def client_main(argv: list[str] | None = None) -> int:
+    from .client import ClientError, GrpcClient, RestClient
+
+    parser = make_client_parser()
+    args = parser.parse_args(argv)
+    options = {k: v for k, v in (("conf", args.conf), ("iou", args.iou), ("max_det", args.max_det)) if v is not None}
+    if getattr(args, "mode", None) in ("raw", "multipart") and (options or args.dewarp):
+        parser.error("thresholds and --dewarp travel in the JSON request form: drop --mode or use --mode json")
+    try:
+        tokens = _tokens(args.token_file)
+        if args.transport == "rest":
+            client = RestClient(args.url, tokens=tokens)
+            call = lambda img: client.predict(img, args.model, args.version, mode=args.mode,  # noqa: E731
+                                              options=options, dewarp=bool(args.dewarp))
+        else:
+            client = GrpcClient(args.target, tokens=tokens)
+            call = lambda img: client.predict(img, args.model, args.version, options=options,  # noqa: E731
+                                              dewarp=bool(args.dewarp))
+    except PolydetError as e:
+        print(f"polydet client: error: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in args.images:
+        try:
+            result = call(Path(path).read_bytes())
+        except (OSError, ClientError) as e:
+            print(f"{path}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.dewarp and result.get("dewarp"):
+            out = Path(args.dewarp) / f"{Path(path).stem}_dewarp.jpg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(base64.b64decode(result["dewarp"].pop("jpeg_base64")))
+            result["dewarp"]["file"] = str(out)
+        print(json.dumps({"image": path, **result}))
+    return 1 if failed else 0
+
+
+# -- polydet manage ---------------------------------------------------------------------------------
+def make_manage_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polydet manage", description="TorchServe management API (REST or gRPC).")
+    p.add_argument("--grpc", action="store_true", help="use the gRPC management API instead of REST")
+    p.add_argument("--url", default="http://127.0.0.1:8081", help="REST management API (default %(default)s)")
+    p.add_argument("--target", default="127.0.0.1:7071", help="gRPC management (default %(default)s)")
+    p.add_argument("--token-file", default="key_file.json", help="key_file.json ('none': no token)")
+    sub = p.add_subparsers(dest="action", required=True)
+    q = sub.add_parser("register", help="register an archive of the model store (bare NAME.mar)")
+    q.add_argument("archive", metavar="URL", help="archive name in the model store, e.g. polydet_onnx.mar")
+    q.add_argument("--name", help="model name (default: the archive's)")
+    q.add_argument("--workers", type=int, default=1, help="initial workers (default 1)")
+    q.add_argument("--batch-size", type=int, help="override the archive's batchSize")
+    q.add_argument("--max-batch-delay", type=int, help="override the archive's maxBatchDelay (ms)")
+    q.add_argument("--no-wait", action="store_true", help="return before the workers are up")
+    q = sub.add_parser("unregister", help="unregister a model (version)")
+    q.add_argument("name")
+    q.add_argument("version", nargs="?")
+    q = sub.add_parser("scale", help="set a model's worker range")
+    q.add_argument("name")
+    q.add_argument("version", nargs="?")
+    q.add_argument("--min", type=int, dest="min_worker", help="min workers")
+    q.add_argument("--max", type=int, dest="max_worker", help="max workers")
+    q.add_argument("--no-wait", action="store_true", help="return before the workers are up")
+    sub.add_parser("list", help="list registered models").add_argument("--limit", type=int, default=100)
+    q = sub.add_parser("describe", help="describe a model (workers, batch settings)")
+    q.add_argument("name")
+    q.add_argument("version", nargs="?")
+    q = sub.add_parser("set-default", help="make VERSION the default version of NAME")
+    q.add_argument("name")
+    q.add_argument("version")
+    return p
+
+
+def manage_main(argv: list[str] | None = None) -> int:
+    from .client import GrpcClient, RestClient
+
+    args = make_manage_parser().parse_args(argv)
+    try:
+        tokens = _tokens(args.token_file)
+        client = GrpcClient(management_target=args.target, tokens=tokens) if args.grpc else \
+            RestClient(management_url=args.url, tokens=tokens)
+        if args.action == "register":
+            out = client.register(args.archive, model_name=args.name, initial_workers=args.workers,
+                                  synchronous=not args.no_wait, batch_size=args.batch_size,
+                                  max_batch_delay=args.max_batch_delay)
+        elif args.action == "unregister":
+            out = client.unregister(args.name, args.version)
+        elif args.action == "scale":
+            out = client.scale(args.name, args.version, args.min_worker, args.max_worker,
+                               synchronous=not args.no_wait)
+        elif args.action == "list":
+            out = client.list(args.limit)
+        elif args.action == "describe":
+            out = client.describe(args.name, args.version)
+        else:
+            out = client.set_default(args.name, args.version)
+    except PolydetError as e:
+        print(f"polydet manage {args.action}: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+# -- polydet serve / stop ---------------------------------------------------------------------------
+def make_serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polydet serve", description="Build the archives if needed, start TorchServe "
+                                "in the background, wait until the model's worker is READY, send a sample "
+                                "image through REST and print the detections.")
+    p.add_argument("--root", default=".", help="repository root: config.properties, model_store/, "
+                   "archive.sh, examples/ (default: the current folder)")
+    p.add_argument("--config", help="TorchServe config (default: ROOT/config.properties)")
+    p.add_argument("--model", default="polydet", help="model to wait for and query (default %(default)s)")
+    p.add_argument("--image", help="sample image (default: the first image in ROOT/examples/)")
+    p.add_argument("--no-build", action="store_true", help="do not run archive.sh")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY (default %(default)s)")
+    return p
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    import subprocess
+
+    from .client import RestClient
+    from .server import STATE_FILE, ServerError, TorchServe, read_properties
+
+    args = make_serve_parser().parse_args(argv)
+    root = Path(args.root).resolve()
+    config = Path(args.config).resolve() if args.config else root / "config.properties"
+    if not config.is_file():
+        print(f"polydet serve: {config} not found (run from the repository root or pass --root)", file=sys.stderr)
+        return 2
+    state = root / "logs" / STATE_FILE
+    if _running(state):
+        print(f"polydet serve: a TorchServe started from {root} is already running; stop it with `polydet stop`",
+              file=sys.stderr)
+        return 1
+    if not args.no_build:
+        subprocess.run(["bash", str(root / "archive.sh")], cwd=root, check=True)
+    ts = TorchServe(run_dir=root, config=config, tmp_dir=root / "logs" / "tmp")
+    (ts.tmp_dir / ".model_server.pid").unlink(missing_ok=True)  # stale: _running() said no server
+    try:
+        ts.start()
+        ts.save_state(state)
+        ready = ts.wait_ready(args.model, timeout=args.timeout)
+    except (ServerError, KeyboardInterrupt) as e:
+        ts.stop()
+        state.unlink(missing_ok=True)
+        print(f"polydet serve: {e}", file=sys.stderr)
+        return 1
+    image = Path(args.image) if args.image else _sample_image(root)
+    props = read_properties(ts.config_path)
+    print(f"TorchServe pid {ts.pid}: model {args.model!r} READY {ready:.1f} s after start "
+          f"(store {props.get('model_store')})")
+    print(f"  inference  {ts.inference_url}   management {ts.management_url}   metrics {ts.metrics_url}/metrics")
+    print(f"  gRPC       {ts.grpc_inference_target} (inference)   {ts.grpc_management_target} (management)")
+    print(f"  tokens     {ts.key_file} (inference / management keys, expire after "
+          f"{props.get('token_expiration_min', '60')} min)")
+    try:
+        result = RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens).predict(image, args.model)
+        print(f"sample {image}:")
+        print(json.dumps(result))
+    except PolydetError as e:
+        print(f"sample request failed: {e}", file=sys.stderr)
+    key = ts.tokens.inference
+    print(f"try:  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/octet-stream' "
+          f"--data-binary @{image} {ts.inference_url}/predictions/{args.model}")
+    print(f"stop: polydet stop{'' if root == Path.cwd() else f' --root {root}'}   (logs in {ts.log_dir})")
+    return 0
+
+
+def _running(state: Path) -> bool:
+    import psutil
+
+    try:
+        s = json.loads(state.read_text())
+        p = psutil.Process(s["pid"])
+        return abs(p.create_time() - s["create_time"]) < 1.0
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return False
+
+
+def _sample_image(root: Path) -> Path:
+    for pattern in IMAGE_GLOBS:
+        found = sorted(glob.glob(str(root / "examples" / pattern)))
+        if found:
+            return Path(found[0])
+    # No example shipped: draw a page on a gradient so the demo still has something to send.
+    import cv2
+    import numpy as np
+
+    h, w = 480, 640
+    img = np.dstack([np.tile(np.linspace(60, 160, w, dtype=np.uint8), (h, 1))] * 3)
+    quad = np.array([[180, 70], [470, 110], [440, 430], [150, 400]], np.int32)
+    cv2.fillConvexPoly(img, quad, (235, 235, 235))
+    for k in range(8):
+        cv2.line(img, (200 + 3 * k, 130 + 32 * k), (430 + 3 * k, 160 + 32 * k), (40, 40, 40), 3)
+    out = root / "logs" / "sample.jpg"
+    cv2.imwrite(str(out), img)
+    return out
+
+
+def make_stop_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polydet stop", description="Stop the TorchServe that `polydet serve` started.")
+    p.add_argument("--root", default=".", help="folder `polydet serve` ran in (default: the current folder)")
+    return p
+
+
+def stop_main(argv: list[str] | None = None) -> int:
+    from .server import STATE_FILE, stop_pid
+
+    args = make_stop_parser().parse_args(argv)
+    root = Path(args.root).resolve()
+    state = root / "logs" / STATE_FILE
+    try:
+        s = json.loads(state.read_text())
+    except (OSError, ValueError):
+        print(f"polydet stop: no TorchServe started by `polydet serve` in {root} ({state} not found)")
+        return 0
+    stopped = stop_pid(s["pid"], create_time=s.get("create_time"))
+    for f in (state, Path(s.get("tmp_dir", root / "logs" / "tmp")) / ".model_server.pid", root / "key_file.json"):
+        Path(f).unlink(missing_ok=True)
+    print(f"TorchServe pid {s['pid']} " + ("stopped" if stopped else "was not running"))
+    return 0
+
