@@ -49,8 +49,10 @@ def model_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("archives")
     store, build = root / "model_store", root / "build"
     env = dict(os.environ, PYTHON=sys.executable, **ARCHIVE_ENV)
-    subprocess.run(["bash", str(REPO / "archive.sh"), "--store", str(store), "--build", str(build)],
-                   env=env, check=True, capture_output=True)
+    r = subprocess.run(["bash", str(REPO / "archive.sh"), "--store", str(store), "--build", str(build)],
+                       env=env, capture_output=True, text=True)
+    if r.returncode:
+        pytest.fail(f"archive.sh failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     # A second version of the same model for the management tests: the same artifact, version 2.0.
     artifact = next((build / "polydet-1.0").glob("*.torchscript"))
     subprocess.run([str(ARCHIVER), "--model-name", "polydet_v2", "--version", "2.0", "--serialized-file",

@@ -279,7 +279,10 @@ class TorchServe:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the Java frontend by PID (SIGTERM, then SIGKILL), its workers with it; idempotent."""
-        stop_pid(self.pid, timeout=timeout)
+        pid = self.pid
+        if pid is None and self.launcher is not None and self.launcher.poll() is None:
+            pid = _java_child(self.launcher.pid)  # stopped before the pid file appeared
+        stop_pid(pid, timeout=timeout)
         if self.launcher is not None:
             try:
                 self.launcher.wait(timeout=10)
@@ -324,6 +327,16 @@ class TorchServe:
                 tail = f.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"\n--- {f} (last {len(tail)} lines) ---\n" + "\n".join(tail))
         return "".join(parts)
+
+
+def _java_child(launcher_pid: int) -> int | None:
+    import psutil
+
+    try:
+        kids = psutil.Process(launcher_pid).children()
+    except psutil.Error:
+        return None
+    return next((p.pid for p in kids if JAVA_MAIN in " ".join(p.cmdline())), None)
 
 
 def _port_open(port: int) -> bool:
