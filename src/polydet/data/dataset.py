@@ -22,6 +22,7 @@ import torch
 from .camera import clip_convex, order_corners_np, poly_area
 from .labels import read_labels
 from .synth import SynthConfig, render_sample
+from .synth import warm as synth_warm
 
 IMG_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 PAD_VALUE = 114
@@ -116,10 +117,8 @@ class PolygonDataset(torch.utils.data.Dataset):
         self.synth = str(source) == "synth"
         if self.synth:
             self.n, self.files = int(n), []
-            if warm:  # load pictures and glyph sprites once here, so forked workers inherit them
-                from .text import warm as warm_text
-
-                warm_text()
+            if warm:  # load pictures, glyph sprites and noise once here, so forked workers inherit them
+                synth_warm()
         else:
             root = Path(source)
             if not root.is_dir():

@@ -64,7 +64,7 @@ def shade_texture(rng, tex: np.ndarray, strength: float, glare: float = 0.0) -> 
 
 
 def gain_map(rng, h: int, w: int, strength: float) -> np.ndarray:
-    """Scene lighting as a (h, w) float32 multiplier: vignetting, a directional gradient, a light pool,
+    """Scene lighting as a float32 multiplier at 1/8 of (h, w) (it is smooth): vignetting, a directional gradient, a light pool,
     and sometimes soft cast shadows (a hand or phone between lamp and desk)."""
     sh, sw = max(4, h // 8), max(4, w // 8)
     yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
@@ -87,11 +87,11 @@ def gain_map(rng, h: int, w: int, strength: float) -> np.ndarray:
         g *= 1 - _u(rng, 0.15, 0.5) * m
     if rng.random() < 0.3:  # uneven, blotchy light
         g *= 1 + _u(rng, 0.05, 0.2) * (fractal_noise(rng, sh, sw, base=3, octaves=2) - 0.5)
-    return cv2.resize(np.clip(g, 0.15, 2.0), (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(g, 0.15, 2.0)
 
 
 _NOISE_STD = 24.0
-_NOISE_SIZE = 1024
+_NOISE_SIZE = 1600  # >= the largest image side, so every crop is one contiguous-row slice
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,17 +107,13 @@ def _noise_bank() -> np.ndarray:
 
 
 def noise_patch(rng, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) uint8 noise around 128: a random crop of the bank (tiled with random flips if the image is larger)."""
+    """(h, w, 3) uint8 noise around 128: a random crop of the bank (tiled if the image is larger)."""
     bank = _noise_bank()
-    if rng.random() < 0.5:
-        bank = bank[::-1]
-    if rng.random() < 0.5:
-        bank = bank[:, ::-1]
-    ys = (int(rng.integers(_NOISE_SIZE)) + np.arange(h)) % _NOISE_SIZE
-    xs = (int(rng.integers(_NOISE_SIZE)) + np.arange(w)) % _NOISE_SIZE
-    if h <= _NOISE_SIZE - ys[0] and w <= _NOISE_SIZE - xs[0]:
-        return bank[ys[0]:ys[0] + h, xs[0]:xs[0] + w]
-    return bank[ys][:, xs]
+    if h > _NOISE_SIZE or w > _NOISE_SIZE:  # larger than the bank: wrap around (slow, rare)
+        reps = (h // _NOISE_SIZE + 1, w // _NOISE_SIZE + 1, 1)
+        return np.tile(bank, reps)[:h, :w]
+    y, x = int(rng.integers(0, _NOISE_SIZE - h + 1)), int(rng.integers(0, _NOISE_SIZE - w + 1))
+    return bank[y:y + h, x:x + w]
 
 
 def camera_pipeline(rng, img: np.ndarray, cfg) -> np.ndarray:
@@ -131,14 +127,15 @@ def camera_pipeline(rng, img: np.ndarray, cfg) -> np.ndarray:
     m = np.hstack([np.diag(cast * contrast), (mean * (1 - contrast) + bright) * np.ones((3, 1))]).astype(np.float32)
     out = cv2.transform(img, m)  # uint8 in, saturated uint8 out
     g = gain_map(rng, h, w, _u(rng, 0, cfg.light_gradient))
-    out = cv2.multiply(out, cv2.merge([g, g, g]), dtype=cv2.CV_8U)
+    g8 = cv2.resize(np.clip(g * 100, 0, 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
+    out = cv2.multiply(out, cv2.merge([g8, g8, g8]), scale=1 / 100)  # all-uint8: OpenCV's fast path
     sigma = _u(rng, 0, cfg.blur_sigma) if rng.random() < 0.7 else 0.0
     if sigma > 0.3:
         out = cv2.GaussianBlur(out, (0, 0), sigma)
     ns = _u(rng, 0, cfg.noise_sigma) if rng.random() < 0.8 else 0.0
     if ns > 0.5:
         k = ns / _NOISE_STD  # the bank is stored as uint8 around 128: uint8+uint8 is OpenCV's fast path
-        out = cv2.addWeighted(out, 1.0, noise_patch(rng, h, w), k, -128.0 * k)
+        out = cv2.addWeighted(out, 1.0, np.ascontiguousarray(noise_patch(rng, h, w)), k, -128.0 * k)
     if rng.random() < cfg.jpeg_p:
         q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
         out = cv2.imdecode(cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_COLOR)

@@ -179,6 +179,16 @@ def render_sample(rng: np.random.Generator, cfg: SynthConfig | None = None) -> t
     return img, labels
 
 
+def warm() -> None:
+    """Load the bundled pictures, glyph sprites and the noise bank once (a few seconds). Call it in a
+    parent process before forking loader workers so they all share them instead of each rebuilding."""
+    from .effects import _noise_bank
+    from .text import warm as warm_text
+
+    warm_text()
+    _noise_bank()
+
+
 # ---------------------------------------------------------------------------------------------- writing
 def draw_labels(img: np.ndarray, labels: np.ndarray, names=NAMES) -> np.ndarray:
     """A copy of ``img`` with each quad outlined, its first corner (TL) dotted and its class named."""

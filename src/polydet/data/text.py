@@ -44,6 +44,11 @@ SCRIPT = [cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, cv2.FONT_HERSHEY_SCRIPT_COMPLEX]
 
 def random_word(rng, caps: float = 0.08, digits: float = 0.05) -> str:
     r, a, b = rng.random(3)  # one call: the generator's per-call overhead dominates here
+    return _word(r, a, b, caps, digits)
+
+
+def _word(r: float, a: float, b: float, caps: float = 0.08, digits: float = 0.05) -> str:
+    """A token from three uniform numbers: a number, or a word, maybe capitalised / punctuated."""
     if r < digits:
         return NUMBERS[int(a * len(NUMBERS))]
     w = WORDS[int(a * len(WORDS))]
@@ -123,11 +128,21 @@ class Font:
             self.face = cands[int(rng.integers(len(cands)))]
             self.height = sprite(self.face, self.size, "Hg").shape[0]
         self.space = max(1, int(round(self.size * 0.28)))
+        self._cache: dict[str, np.ndarray] = {}
+        self._width: dict[str, int] = {}
 
     def width(self, word: str) -> int:
-        if self.hershey:
-            return _hershey_width(self.face, self.scale, self.thick, word)
-        return sprite(self.face, self.size, word).shape[1]
+        w = self._width.get(word)
+        if w is None:
+            w = self._width[word] = (_hershey_width(self.face, self.scale, self.thick, word) if self.hershey
+                                     else self.sprite(word).shape[1])
+        return w
+
+    def sprite(self, word: str) -> np.ndarray:
+        s = self._cache.get(word)  # a per-font dict in front of the LRU: the hot path of a page
+        if s is None:
+            s = self._cache[word] = sprite(self.face, self.size, word)
+        return s
 
     def draw(self, mask: np.ndarray, word: str, x: int, y: int, value: int = 255) -> int:
         """Draw ``word`` with its line box's top-left at (x, y); returns its width."""
@@ -135,7 +150,7 @@ class Font:
             cv2.putText(mask, word, (x, y + int(self.size * 0.75)), self.face, self.scale, value, self.thick,
                         cv2.LINE_AA)
             return self.width(word)
-        s = sprite(self.face, self.size, word)
+        s = self.sprite(word)
         paste_max(mask, s if value == 255 else (s.astype(np.uint16) * value // 255).astype(np.uint8), x, y)
         return s.shape[1]
 
@@ -156,21 +171,26 @@ class Font:
             self.draw(mask, w, int(cx), y, value)
             cx += ww + gap
 
-    def fill_line(self, rng, width: int, **kw) -> list[str]:
+    def fill_line(self, rng, width: int, caps: float = 0.08, digits: float = 0.05) -> list[str]:
         """Random words that fit in ``width`` px."""
         out, used = [], 0
         while True:
-            w = random_word(rng, **kw)
-            ww = self.width(w)
-            if used + ww > width:
-                return out or [w[: max(1, len(w) * width // max(ww, 1))]]
-            out.append(w)
-            used += ww + self.space
+            for r, a, b in rng.random((max(4, width // (self.size * 3) + 2), 3)).tolist():  # batched draws
+                w = _word(r, a, b, caps, digits)
+                ww = self.width(w)
+                if used + ww > width:
+                    return out or [w[: max(1, len(w) * width // max(ww, 1))]]
+                out.append(w)
+                used += ww + self.space
 
 
 def paste_max(mask: np.ndarray, s: np.ndarray, x: int, y: int) -> None:
     """mask[y:, x:] = max(mask, s), clipped to the mask."""
     h, w = s.shape
+    if x >= 0 and y >= 0 and x + w <= mask.shape[1] and y + h <= mask.shape[0]:  # the common case
+        region = mask[y:y + h, x:x + w]
+        np.maximum(region, s, out=region)
+        return
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, mask.shape[1]), min(y + h, mask.shape[0])
     if x1 <= x0 or y1 <= y0:
         return
