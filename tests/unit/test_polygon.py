@@ -16,7 +16,7 @@ from polydet.ops.reference import shapely_iou
 pytest.importorskip("shapely")
 
 TOL = 1e-5  # the promised absolute IoU accuracy
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Pixel coordinates on a 1/1024 px grid: hypothesis still finds repeated, collinear and shared corners,
 # without drifting to features of 1e-79 px (the guarantee holds down to a thickness of ~1e-12 of the
@@ -83,7 +83,7 @@ def test_iou_adversarial_quads_match_shapely(kind, a, data):
     assert abs(iou1(b, a) - ref) <= TOL
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.integers(0, 6), min_size=8, max_size=8), st.booleans())
 def test_iou_grid_rectangles_touching_and_sharing_edges(v, flip):
     """Integer rectangles: shared edges, shared corners, touching sides and containment all occur."""
