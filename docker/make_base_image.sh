@@ -3,6 +3,7 @@
 # stand-in for `debian:bookworm-slim` on hosts that reach the Debian mirror but no image registry.
 # Idempotent and cached: an image already tagged is kept; the rootfs tarball is kept in the cache
 # folder, so later runs (a wiped image store, a fresh CI checkout on the same host) skip debootstrap.
+# Delete the tarball to pick up newer Debian packages (the Dockerfile installs, it does not upgrade).
 #
 # Usage: docker/make_base_image.sh [TAG]     (default localhost/polydet-base:bookworm; needs root)
 # Env:   POLYDET_DOCKER_CACHE [~/.cache/polydet/docker]   DEBIAN_MIRROR [http://deb.debian.org/debian]
@@ -18,10 +19,16 @@ if buildah inspect --type image "$TAG" >/dev/null 2>&1; then
   exit 0
 fi
 mkdir -p "$CACHE"
+WORK=""
+CTR=""
+cleanup() {
+  [ -z "$WORK" ] || rm -rf "$WORK"
+  [ -z "$CTR" ] || buildah rm "$CTR" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 if [ ! -s "$TARBALL" ]; then
   WORK="$(mktemp -d "$CACHE/debootstrap.XXXXXX")"
-  trap 'rm -rf "$WORK"' EXIT
   echo "make_base_image: debootstrap --variant=minbase bookworm from $MIRROR (about a minute)"
   debootstrap --variant=minbase bookworm "$WORK/rootfs" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
     || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
@@ -48,7 +55,6 @@ SOURCES
 fi
 
 CTR="$(buildah from scratch)"
-trap 'buildah rm "$CTR" >/dev/null 2>&1 || true' EXIT
 buildah add --quiet "$CTR" "$TARBALL" /
 buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd bash \
   --label org.opencontainers.image.description="debootstrap --variant=minbase bookworm" "$CTR"

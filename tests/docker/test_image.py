@@ -219,6 +219,22 @@ def test_serves_a_request_as_non_root_and_stops_on_sigterm(config, container, tm
         r = subprocess.run(healthcheck, capture_output=True, text=True, timeout=60)
         assert (r.returncode, r.stdout.strip()) == (0, "healthy: polydet READY"), r.stdout + r.stderr
 
+        # A key past its expiration time is renewed by the healthcheck with the API key (expiry simulated
+        # in the file; TorchServe then issues a new key and the old one stops working).
+        key_file = home / "key_file.json"
+        keys = json.loads(key_file.read_text())
+        old = keys["inference"]["key"]
+        keys["inference"]["expiration time"] = "2000-01-01T00:00:00.000000000Z"
+        key_file.write_text(json.dumps(keys))
+        r = subprocess.run(healthcheck, capture_output=True, text=True, timeout=60)
+        assert (r.returncode, r.stdout.strip()) == (0, "healthy: polydet READY"), r.stdout + r.stderr
+        new = json.loads(key_file.read_text())["inference"]["key"]
+        assert new != old
+        for token, status in ((old, 400), (new, 200)):
+            r = requests.post(f"{inference}/predictions/polydet", data=jpeg, timeout=60,
+                              headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
+            assert r.status_code == status, r.text
+
         # Every process of the server runs as the image's non-root user, listening on loopback only.
         tree = psutil.Process(runner.pid).children(recursive=True)
         entry = [p for p in tree if p.cmdline() == config["Entrypoint"]]
@@ -265,32 +281,42 @@ def _load(name: str):
     return module
 
 
-def test_entrypoint_applies_bind_address_ports_and_absolute_paths(monkeypatch):
+def test_entrypoint_applies_bind_address_ports_and_absolute_paths(monkeypatch, tmp_path):
     entrypoint = _load("entrypoint")
-    template = REPO / "config.properties"
-    for k in PORT_ENV:
+    template = tmp_path / "config.properties"
+    template.write_text("# comment\n"
+                        "inference_address=http://127.0.0.1:8080\n"
+                        "management_address=https://127.0.0.1:8443\n"
+                        "metrics_address=http://127.0.0.1:8082\n"
+                        "grpc_inference_port=7070\n"
+                        "model_store=model_store\n"
+                        "metrics_config=/abs/metrics.yaml\n"
+                        "vmargs=-Xmx1g -Dlog4j.configurationFile=etc/log4j2.xml\n"
+                        "disable_token_authorization=false\n")
+    for k in (*PORT_ENV, "POLYDET_BIND_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.delenv("POLYDET_BIND_ADDRESS", raising=False)
-    props = entrypoint.effective_properties(template)
-    base = entrypoint.read_properties(template)
-    assert (props["inference_address"], props["management_address"], props["metrics_address"]) == (
-        "http://127.0.0.1:8080", "http://127.0.0.1:8081", "http://127.0.0.1:8082")
-    assert (props["grpc_inference_address"], props["grpc_inference_port"], props["grpc_management_port"]) == (
-        "127.0.0.1", "7070", "7071")
-    assert props["model_store"] == str(REPO / "model_store")
-    assert props["metrics_config"] == str(REPO / base["metrics_config"])
-    assert f"-Dlog4j.configurationFile={REPO}/" in props["vmargs"]
-    untouched = set(base) - {"model_store", "metrics_config", "vmargs", "inference_address", "management_address",
-                             "metrics_address", "grpc_inference_address", "grpc_management_address",
-                             "grpc_inference_port", "grpc_management_port"}
-    assert {k: props[k] for k in untouched} == {k: base[k] for k in untouched}  # token auth etc. as written
+    assert entrypoint.effective_properties(template) == {
+        "inference_address": "http://127.0.0.1:8080",
+        "management_address": "https://127.0.0.1:8443",  # scheme and port kept
+        "metrics_address": "http://127.0.0.1:8082",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": "7070",
+        "grpc_management_port": "7071",  # TorchServe's default, written out
+        "model_store": f"{tmp_path}/model_store",  # relative paths: against the template's folder
+        "metrics_config": "/abs/metrics.yaml",
+        "vmargs": f"-Xmx1g -Dlog4j.configurationFile={tmp_path}/etc/log4j2.xml",
+        "disable_token_authorization": "false",
+    }
 
     monkeypatch.setenv("POLYDET_BIND_ADDRESS", "0.0.0.0")
     monkeypatch.setenv("POLYDET_MANAGEMENT_PORT", "18081")
     monkeypatch.setenv("POLYDET_GRPC_MANAGEMENT_PORT", "17071")
     props = entrypoint.effective_properties(template)
-    assert (props["inference_address"], props["management_address"]) == ("http://0.0.0.0:8080", "http://0.0.0.0:18081")
-    assert (props["grpc_management_address"], props["grpc_management_port"]) == ("0.0.0.0", "17071")
+    assert [props[k] for k in ("inference_address", "management_address", "metrics_address",
+                               "grpc_inference_address", "grpc_management_address", "grpc_inference_port",
+                               "grpc_management_port")] == [
+        "http://0.0.0.0:8080", "https://0.0.0.0:18081", "http://0.0.0.0:8082", "0.0.0.0", "0.0.0.0", "7070", "17071"]
 
     monkeypatch.setenv("POLYDET_BIND_ADDRESS", "::")
     props = entrypoint.effective_properties(template)
