@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-pins.txt | sha1sum | cut -c1-12)
 
-.PHONY: install serve stop test test-unit test-integration archives bench clean
+.PHONY: install serve stop test test-unit archives bench image sysdeps clean
 
 $(STAMP): pyproject.toml requirements-pins.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_nms.py
+
+# The container image, built with buildah (no Docker daemon needed; as root). `docker build .` works too.
+image:
+	scripts/build_image.sh --local
 
 clean:
 	rm -rf $(VENV) model_store/*.mar build dist
