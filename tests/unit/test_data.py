@@ -271,3 +271,34 @@ def test_warp_puts_texture_exactly_on_the_label_quad():
     ys, xs = np.mgrid[0:180, 0:200] + 0.5  # pixel centres in label (pixel-edge) coordinates
     cx, cy = (cov * xs).sum() / cov.sum(), (cov * ys).sum() / cov.sum()
     assert abs(cx - poly.centroid.x) < 0.15 and abs(cy - poly.centroid.y) < 0.15
+
+
+def test_synth_in_loader_workers_matches_main_process():
+    ds = PolygonDataset("synth", 160, augment=True, n=4, seed=7, cfg=FAST, warm=False)
+    dl = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
+    imgs, targets = zip(*dl)
+    ref_imgs, ref_t = collate([ds[i] for i in range(4)])
+    assert torch.equal(torch.cat(imgs), ref_imgs)
+    t = torch.cat([tt + torch.tensor([2.0 * k] + [0.0] * 9) for k, tt in enumerate(targets)])
+    assert torch.equal(t, ref_t)
+
+
+def test_forked_children_start_with_one_opencv_thread():
+    # The at-fork hook stops OpenCV's thread pool in the parent around fork (a pool mutex held at
+    # fork time hangs the child) and gives the parent its thread count back afterwards.
+    import os
+
+    from polydet.data.dataset import _cv2_fork_safe
+
+    _cv2_fork_safe()
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if cv2.getNumThreads() == 1 else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)

@@ -257,22 +257,33 @@ def face_portrait(rng, h: int, w: int) -> np.ndarray:
         return natural(rng, h, w, textures=False)
     f = faces[int(rng.integers(len(faces)))]
     img = crop_resize(rng, _gray3(f), h, w, zoom=(1.0, 1.3))
-    img = soft_blur(img, max(h, w) / 60)  # hide the 25-px source's blocks
+    img = soft_blur(img, max(h, w) / 250)  # the cubic upscale is smooth already; just soften it
     return _tint_gray(rng, img) if rng.random() < 0.6 else img
+
+
+def detail(img: np.ndarray) -> float:
+    """High-frequency contrast of a picture (std of a 64-px thumbnail minus its blur): near 0 for a
+    blank, gradient or featureless crop, 5-30 for real scenes."""
+    t = cv2.resize(img, (64, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return float(np.std(t - cv2.GaussianBlur(t, (0, 0), 2)))
 
 
 def picture(rng, h: int, w: int) -> np.ndarray:
     """What a printed photo / card / screen shows: mostly natural photos, sometimes portraits,
-    black-and-white prints, night scenes."""
-    r = rng.random()
-    if r < 0.8:
-        img = natural(rng, h, w, textures=rng.random() < 0.15, zoom=(1.0, 2.5))
-    elif r < 0.88:
-        img = face_portrait(rng, h, w)
-    elif r < 0.94:
-        img = bokeh(rng, h, w)
-    else:
-        img = _blend(rng, natural(rng, h, w, textures=False), natural(rng, h, w, textures=False))
+    black-and-white prints, night scenes. Featureless crops (black sky, blank wall) are redrawn: a
+    blank print is not what the class means."""
+    for _ in range(4):
+        r = rng.random()
+        if r < 0.85:
+            img = natural(rng, h, w, textures=rng.random() < 0.15, zoom=(1.0, 2.5))
+        elif r < 0.92:
+            img = face_portrait(rng, h, w)
+        elif r < 0.95:
+            img = bokeh(rng, h, w)
+        else:
+            img = _blend(rng, natural(rng, h, w, textures=False), natural(rng, h, w, textures=False))
+        if detail(img) >= 3.0:
+            break
     if rng.random() < 0.12:  # black-and-white print
         img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     return img

@@ -60,14 +60,19 @@ def _cap(img: np.ndarray, long_side: int = 1024) -> np.ndarray:
     return cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else img
 
 
+# Terrain colours by height (BGR): water, lowland green, dry grass, rock, snow.
+_TERRAIN = np.array([[120, 80, 40], [60, 110, 70], [90, 150, 160], [110, 120, 130], [235, 235, 235]], np.float32)
+
+
 def _hillshade(z: np.ndarray) -> np.ndarray:
     """A digital elevation model rendered as a shaded terrain picture (a map / aerial look)."""
-    z = z.astype(np.float32)
+    z = cv2.resize(z.astype(np.float32), None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)  # no blocks
     z = (z - z.min()) / max(float(np.ptp(z)), 1e-6)
-    gy, gx = np.gradient(z * 40)
-    shade = np.clip(0.6 + 0.5 * (gx - gy) / np.sqrt(1 + gx * gx + gy * gy), 0, 1)
-    col = cv2.applyColorMap((z * 255).astype(np.uint8), cv2.COLORMAP_DEEPGREEN).astype(np.float32)
-    return np.clip(col * shade[..., None] * 1.2, 0, 255).astype(np.uint8)
+    gy, gx = np.gradient(z * 60)
+    shade = np.clip(0.65 + 0.45 * (gx - gy) / np.sqrt(1 + gx * gx + gy * gy), 0, 1)
+    lut = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, 5), _TERRAIN[:, c]) for c in range(3)], 1)
+    col = lut[(z * 255).astype(np.uint8)].astype(np.float32)
+    return np.clip(col * shade[..., None] * 1.15, 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class SynthConfig:
     min_visible_px: float = 24.0  # reject quads whose shortest side would be shorter than this
     clutter_p: float = 0.35  # P(unlabelled pens/cups/slabs on the background)
     shadow_p: float = 0.6  # P(a soft drop shadow under an object)
-    texture_scale: tuple[float, float] = (0.8, 1.3)  # object texture res / projected size (< 1: soft print)
+    texture_scale: tuple[float, float] = (0.75, 1.2)  # object texture res / projected size (< 1: soft print)
     max_texture: int = 1100  # cap on rendered texture long side (px): speed; warping upsamples beyond
     light_gradient: float = 0.6  # max relative brightness change across the image
     color_cast: float = 0.08  # std of log per-channel gains (white balance / coloured light)
