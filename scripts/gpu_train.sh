@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The exact commands run on the GPU machine (one H100, 16 cores, 10-minute commands) to train the bundled
+# main-area model. Run from the repository root; results land in $OUT (default ./runs/gpu).
+#
+#   scripts/gpu_train.sh probe                    # deps, loader vs train-step throughput, smoke run
+#   scripts/gpu_train.sh train IMGSZ BUDGET_MIN [extra polydet-train args]
+#   scripts/gpu_train.sh resume IMGSZ BUDGET_MIN  # continue runs/IMGSZ/last.pt (needs the same machine)
+#   scripts/gpu_train.sh final INIT BUDGET_MIN [args]  # multi-scale fine-tune of INIT, eval at 224 and 320, CPU latency
+#   scripts/gpu_train.sh eval IMGSZ WEIGHTS       # full-pipeline eval of a checkpoint on the val set
+#
+# The validation set is regenerated in every command from seed 999 (never a training seed: training
+# renders with seeds 1000+); its label checksum is printed so runs can be checked to use the same set.
+set -euo pipefail
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT=${OUT:-runs/gpu}
+mkdir -p "$OUT"
+VAL=${VAL:-/tmp/val999}
+VAL_N=${VAL_N:-1000}
+WORKERS=${WORKERS:-15}  # one core left for the training process itself
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}  # the GPU machine's python3 holds torch
+polydet() { "$PY" -c 'import sys; from polydet.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
+
+make_val() {
+  if [ ! -f "$VAL/dataset.json" ]; then
+    polydet data synth "$VAL" --n "$VAL_N" --seed 999 --workers 16 --no-progress
+  fi
+  echo "val set: $(ls "$VAL"/*.jpg | wc -l) images, labels md5 $(cat "$VAL"/*.txt | md5sum | cut -c1-12)"
+}
+
+case "${1:-}" in
+  probe)
+    "$PY" -c 'import torch, cv2, skimage, sklearn, matplotlib, tqdm, yaml; print("torch", torch.__version__,
+      torch.cuda.get_device_name(0), "cv2", cv2.__version__, "skimage", skimage.__version__)'
+    nproc
+    time make_val
+    "$PY" scripts/gpu_probe.py --imgsz ${PROBE_SIZES:-224 320} --workers "$WORKERS" --batch 64 --batches 10
+    ;;
+  train | resume)
+    mode=$1 imgsz=$2 budget=$3
+    shift 3
+    make_val
+    args=(--workers "$WORKERS" --out "runs/$imgsz" --time-budget-min "$budget")
+    if [ "$mode" = resume ]; then
+      args+=(--resume)
+    else
+      args+=(--imgsz "$imgsz" --val "$VAL")
+    fi
+    polydet train "${args[@]}" "$@" 2>&1 | tee -a "$OUT/train_$imgsz.log"
+    cp "runs/$imgsz/best.pt" "$OUT/best_$imgsz.pt"
+    "$PY" -c 'import torch,json,sys; c=torch.load(sys.argv[1],weights_only=True); print(json.dumps(c["train_state"]["history"]))' \
+      "runs/$imgsz/last.pt" >"$OUT/history_$imgsz.json"
+    polydet eval --model "runs/$imgsz/best.pt" --data "$VAL" --device "$DEVICE" --grid "$OUT/grid_$imgsz.jpg" \
+      --json "$OUT/eval_$imgsz.json" | tee "$OUT/eval_$imgsz.txt"
+    ;;
+  final)
+    # Fine-tune INIT at 224 and 320 (cycled per step), then score the same weights at both sizes and
+    # time them on this machine's CPU.
+    init=$2 budget=$3
+    shift 3
+    make_val
+    polydet train --imgsz 224 --multiscale 224 320 --init "$init" --val "$VAL" --workers "$WORKERS" \
+      --out runs/ms --time-budget-min "$budget" "$@" 2>&1 | tee "$OUT/train_ms.log"
+    # the same weights declared at each size (best.pt, or last.pt when the budget cut the run short)
+    "$PY" -c 'import sys, pathlib; from polydet.model import load_model, save_checkpoint
+src = "runs/ms/best.pt" if pathlib.Path("runs/ms/best.pt").is_file() else "runs/ms/last.pt"
+for s in (224, 320):
+    m, i = load_model(src, imgsz=s); save_checkpoint(f"{sys.argv[1]}/best_{s}.pt", m, i)
+print("weights from", src)' "$OUT"
+    "$PY" -c 'import torch,json,sys; c=torch.load(sys.argv[1],weights_only=True); print(json.dumps(c["train_state"]["history"]))' \
+      runs/ms/last.pt >"$OUT/history_ms.json"
+    for s in 224 320; do
+      polydet eval --model "$OUT/best_$s.pt" --data "$VAL" --device "$DEVICE" --grid "$OUT/grid_$s.jpg" \
+        --json "$OUT/eval_$s.json"
+    done
+    "$PY" scripts/gpu_latency.py --images "$VAL" --threads 1 4 --n 30 "$OUT/best_224.pt" "$OUT/best_320.pt"
+    ;;
+  eval)
+    make_val
+    polydet eval --model "$3" --data "$VAL" --device "$DEVICE" --grid "$OUT/grid_$2.jpg" --json "$OUT/eval_$2.json"
+    ;;
+  *)
+    sed -n 2,12p "$0"
+    exit 2
+    ;;
+esac
