@@ -257,6 +257,9 @@ def test_convex_clipping_matches_shapely():
         a, b = (np.asarray(Polygon(rng.uniform(0, 50, (8, 2))).convex_hull.exterior.coords)[:-1] for _ in range(2))
         assert poly_area(a) == pytest.approx(Polygon(a).area)
         assert inter_area(a, b) == pytest.approx(Polygon(a).intersection(Polygon(b)).area, abs=1e-6)
+        occ = [np.asarray(Polygon(rng.uniform(0, 50, (6, 2))).convex_hull.exterior.coords)[:-1] for _ in range(3)]
+        ref = Polygon(a).intersection(unary_union([Polygon(o) for o in occ])).area / Polygon(a).area
+        assert hidden_fraction(a, occ) == pytest.approx(ref, abs=1e-6)
 
 
 def test_warp_puts_texture_exactly_on_the_label_quad():

@@ -69,19 +69,19 @@ def inter_area(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def hidden_fraction(quad: np.ndarray, above: list[np.ndarray]) -> float:
-    """Fraction of convex ``quad`` covered by the union of up to 2 convex polygons drawn on top of it
-    (inclusion-exclusion, exact for convex pieces)."""
+    """Fraction of convex ``quad`` covered by the union of the convex polygons drawn on top of it:
+    inclusion-exclusion over the (convex) intersections, exact; 2^k terms for k occluders."""
     area = poly_area(quad)
     if area <= 0 or not above:
         return 0.0
-    parts = [clip_convex(quad, q) for q in above]
-    hidden = sum(poly_area(p) for p in parts)
-    for i in range(len(parts)):
-        for j in range(i + 1, len(parts)):
-            if len(parts[i]) >= 3 and len(parts[j]) >= 3:
-                hidden -= poly_area(clip_convex(parts[i], parts[j]))
-    if len(parts) > 2:
-        raise ValueError("hidden_fraction handles at most 2 occluders (3 objects)")
+    hidden = 0.0
+    for mask in range(1, 1 << len(above)):
+        piece = np.asarray(quad, np.float64)
+        for j, q in enumerate(above):
+            if mask >> j & 1 and len(piece) >= 3:
+                piece = clip_convex(piece, q)
+        sign = 1.0 if bin(mask).count("1") % 2 else -1.0
+        hidden += sign * poly_area(piece)
     return hidden / area
 
 

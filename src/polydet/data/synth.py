@@ -281,9 +281,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     if args.n < 0 or args.workers < 1:
-        raise SystemExit("--n must be >= 0 and --workers >= 1")
+        parser.error("--n must be >= 0 and --workers >= 1")
     meta = write_dataset(args.out, args.n, args.seed, workers=args.workers, progress=not args.no_progress)
     print(f"wrote {meta['n']} images ({meta['objects']} objects) to {args.out}")
     return 0
