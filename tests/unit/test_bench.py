@@ -1,0 +1,171 @@
+"""Smoke tests of every ``polydet bench`` entry with tiny settings: each must write real rows.
+
+No TorchServe here: ``compare`` runs with --skip-served, and ``serve`` (locust) runs against a small
+stub HTTP server that answers like TorchServe (token check, output-contract bodies, a 503 now and then).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from polydet.bench import common
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
+
+
+def test_percentiles_nearest_rank():
+    lat = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    p = common.percentiles(lat)
+    assert p == pytest.approx({"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0})
+    assert common.percentiles([0.004]) == pytest.approx({"p50_ms": 4.0, "p95_ms": 4.0, "p99_ms": 4.0})
+
+
+def test_closed_loop_counts_successes_and_reasons():
+    def make(i):
+        n = [0]
+
+        def call():
+            n[0] += 1
+            time.sleep(0.005)
+            return None if n[0] % 3 else "HTTP 503: busy"
+
+        return call
+
+    r = common.closed_loop(make, concurrency=2, seconds=0.5, warmup_s=0.0)
+    assert r["requests"] > 20 and r["failures"] > 5
+    assert r["failures"] == pytest.approx(r["requests"] / 2, rel=0.35)
+    assert r["failure_reasons"].endswith("x HTTP 503: busy")
+    assert 5.0 <= r["p50_ms"] < 100 and r["req_per_s"] == pytest.approx(r["requests"] / 0.5, rel=0.3)
+
+
+def test_sample_jpegs_sizes():
+    import cv2
+    import numpy as np
+
+    jpegs = common.sample_jpegs(4, sizes=(320, 640))
+    shapes = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR).shape[:2] for b in jpegs]
+    assert [max(s) for s in shapes] == [320, 640, 320, 640]
+    assert jpegs == common.sample_jpegs(4, sizes=(320, 640))  # reproducible
+
+
+def test_bench_pipeline_rows(tmp_path):
+    from polydet.bench import pipeline
+
+    out = tmp_path / "p.json"
+    assert pipeline.main(["--backends", "torchscript", "--sizes", "64", "--batches", "1,2", "--seconds", "0.2",
+                          "--weights", "random", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["backend"], r["imgsz"], r["batch"]) for r in rows] == [("torchscript", 64, 1), ("torchscript", 64, 2)]
+    for r in rows:
+        for k in ("decode", "letterbox", "inference", "nms", "scale_back"):
+            assert r[k] > 0
+        assert r["img_per_s"] > 0
+
+
+def test_bench_nms_rows_and_plot(tmp_path):
+    pytest.importorskip("shapely")
+    from polydet.bench import nms
+
+    assert nms.main(["--sizes", "40", "200", "--repeat", "2", "--ref-repeat", "1", "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "nms.csv")
+    assert [int(r["candidates"]) for r in rows] == [40, 200]
+    for r in rows:
+        assert 1 <= int(r["kept"]) <= int(r["candidates"])
+        assert float(r["ratio"]) == pytest.approx(float(r["shapely_ms"]) / float(r["polydet_ms"]), rel=1e-6)
+    assert _is_png(tmp_path / "nms.png")
+
+
+def test_bench_compare_in_process_and_naive(tmp_path):
+    pytest.importorskip("shapely")
+    from polydet.bench import compare
+
+    assert compare.main(["--skip-served", "--imgsz", "64", "--workers", "1", "--threads", "1", "--seconds", "0.5",
+                         "--latency-seconds", "0.3", "--rounds", "1", "--naive", "64:0.25", "--naive-seconds", "0.3",
+                         "--weights", "random", "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path / "compare.csv")
+    assert [(r["way"], r["metric"]) for r in rows] == [
+        ("in-process", "throughput"), ("in-process", "latency_c1"),
+        ("naive 64 c0.25", "throughput"), ("ours b1 64 c0.25", "throughput")]
+    assert all(float(r["img_per_s"]) > 0 and float(r["p50_ms"]) > 0 for r in rows)
+    summary = json.loads((tmp_path / "compare.json").read_text())["summary"]
+    assert set(summary) == {"ours_vs_naive_64_c0.25"} and summary["ours_vs_naive_64_c0.25"] > 0
+    assert _is_png(tmp_path / "compare.png")
+
+
+class _StubTorchServe(BaseHTTPRequestHandler):
+    """Answers POST /predictions/polydet like TorchServe: 400 without the token, every 4th request 503."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as TorchServe's netty
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+    token = "tok"
+    count = 0
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        n = int(self.headers.get("Content-Length", 0))
+        self.rfile.read(n)
+        with self.lock:
+            type(self).count += 1
+            k = self.count
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            code, body = 400, {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed"}
+        elif self.path != "/predictions/polydet" or n == 0:
+            code, body = 404, {"code": 404, "message": "no such model"}
+        elif k % 4 == 0:
+            code, body = 503, {"code": 503, "message": "Model polydet has no worker to serve inference request"}
+        else:
+            code, body = 200, {"width": 10, "height": 10, "detections": []}
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_bench_serve_locust_against_stub(tmp_path):
+    pytest.importorskip("locust")
+    from polydet.bench import serve
+
+    _StubTorchServe.count = 0
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"inference": {"key": "tok"}, "management": {"key": "m"}, "API": {"key": "a"}}))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _StubTorchServe)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        assert serve.main(["--url", url, "--key-file", str(key_file), "--users", "1,2", "--seconds", "3",
+                           "--sizes", "320,640", "--out", str(tmp_path / "lt")]) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    rows = _rows(tmp_path / "lt" / "summary.csv")
+    assert [(r["protocol"], int(r["users"])) for r in rows] == [("rest", 1), ("rest", 2)]
+    n, bad = sum(int(r["requests"]) for r in rows), sum(int(r["failures"]) for r in rows)
+    assert n >= 4 and n <= _StubTorchServe.count <= n + 3  # all answers counted (bar those in flight at a stop)
+    assert abs(bad - n / 4) <= 2  # the stub's every 4th answer is a 503, counted with its reason
+    assert any("HTTP 503" in r["failure_reasons"] and "no worker" in r["failure_reasons"] for r in rows)
+    assert all(float(r["p50_ms"]) > 0 and float(r["req_per_s"]) > 0 for r in rows)
+    assert _is_png(tmp_path / "lt" / "load.png")
+    html = (tmp_path / "lt" / "restuser_u2.html").read_text()
+    assert "REST 320px" in html and "REST 640px" in html  # locust's report, one line per image size
+    assert (tmp_path / "lt" / "restuser_u2_stats.csv").exists()
