@@ -8,6 +8,13 @@
 #   scripts/gpu_train.sh final INIT BUDGET_MIN [args]  # multi-scale fine-tune of INIT, eval at 224 and 320, CPU latency
 #   scripts/gpu_train.sh eval IMGSZ WEIGHTS       # full-pipeline eval of a checkpoint on the val set
 #
+# The bundled weights (weights/polydet_main_224.pt) came from two commands (see weights/MODEL_CARD.md):
+#   scripts/gpu_train.sh probe && scripts/gpu_train.sh train 224 6.8 --epochs 11 --epoch-size 4096 \
+#       --batch 64 --reuse 8 --replay-batches 16 --val-every 3 --warmup-epochs 1
+#   (copy $OUT/best_224.pt to runs/init/stage1_224.pt and carry runs/init to the next command)
+#   scripts/gpu_train.sh final runs/init/stage1_224.pt 6.3 --epochs 12 --epoch-size 8192 --batch 128 \
+#       --reuse 4 --replay-batches 8 --val-every 6 --warmup-epochs 0.2 --box 0.25
+#
 # The validation set is regenerated in every command from seed 999 (never a training seed: training
 # renders with seeds 1000+); its label checksum is printed so runs can be checked to use the same set.
 set -euo pipefail

@@ -307,3 +307,19 @@ def test_resize_scales_corners():
     cx = float((w.sum(0) * (torch.arange(4) + 0.5)).sum() / w.sum())
     cy = float((w.sum(1) * (torch.arange(4) + 0.5)).sum() / w.sum())
     assert (cx, cy) == (pytest.approx(2.0, abs=1e-5), pytest.approx(2.0, abs=1e-5))
+
+
+def test_budget_stop_still_validates(tmp_path, stand_in_data):
+    import cv2
+
+    val = tmp_path / "val"
+    val.mkdir()
+    img, lab = render(np.random.default_rng(999), 64)
+    cv2.imwrite(str(val / "0.png"), img.permute(1, 2, 0).numpy()[..., ::-1])
+    lab = lab.numpy().copy()
+    lab[:, 1:] /= 64
+    (val / "0.txt").write_text("\n".join(" ".join(f"{v:.6f}" for v in row) for row in lab))
+    # mid-epoch stop (val_every far away): the stopped weights are still validated and become best.pt
+    r = train(tiny_cfg(tmp_path, val=str(val), val_every=100, time_budget_min=1e-6))
+    assert not r["done"] and r["it"] == 1
+    assert "map" in r["history"][-1] and (tmp_path / "run" / "best.pt").is_file()

@@ -305,7 +305,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
-    reserve_s = 20.0  # time kept for the final save; raised to the measured validation time
+    # Time kept for the final validation and saves; raised to 1.5x the measured validation time.
+    reserve_s = 60.0 if cfg.val else 20.0
     stopped = False
 
     def state(epoch: int) -> dict:
@@ -355,7 +356,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         epoch_done = it % nb == 0
         rec = {"epoch": epoch + 1, "it": it, "box": float(mloss[0]), "obj": float(mloss[1]),
                "cls": float(mloss[2]), "img_per_s": round(ips, 1), "elapsed_s": round(time.monotonic() - t0, 1)}
-        if cfg.val and epoch_done and ((epoch + 1) % cfg.val_every == 0 or it >= total):
+        # Validate on schedule, at the end, and when the budget stops the run (so its weights count).
+        if cfg.val and (stopped or (epoch_done and ((epoch + 1) % cfg.val_every == 0 or it >= total))):
             tv = time.monotonic()
             r = validate(ema.ema, cfg.val, cfg.imgsz, device, cfg.val_conf, cfg.val_iou, workers=min(cfg.workers, 8))
             reserve_s = max(reserve_s, 1.5 * (time.monotonic() - tv) + 10)
