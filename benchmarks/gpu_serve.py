@@ -65,7 +65,9 @@ def main(argv=None) -> int:
             for c in [int(v) for v in args.naive_clients.split(",")]:
                 with ServerProbe(ts) as probe:
                     r = multi_closed_loop(ts.inference_url, token, c, args.seconds, args.procs, model="naive")
-                rows.append({"handler": "naive", **r, **probe.result})
+                # The naive handler records no Polydet*/HandlerTime gauges: drop the stale ones left by polydet.
+                pr = {k: v for k, v in probe.result.items() if not k.startswith(("Polydet", "HandlerTime"))}
+                rows.append({"handler": "naive", **r, **pr})
                 print(rows[-1], flush=True)
                 save()
     import torch

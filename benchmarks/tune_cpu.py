@@ -41,8 +41,12 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--latency-seconds", type=float, default=5.0)
     p.add_argument("--quick", action="store_true", help="only the first setting of each group")
+    p.add_argument("--transport", action="store_true", help="instead: TorchServe's own cost per request, with "
+                   "benchmarks/noop_handler.py, per JVM / netty setting")
     p.add_argument("--out", default=None, help="folder for tune_cpu.csv")
     args = p.parse_args(argv)
+    if args.transport:
+        return transport(args)
     weights = weights_or_random()
     jpegs = sample_jpegs(16, SIZES)
     rows = []
@@ -95,6 +99,49 @@ def main(argv=None) -> int:
                        "cpu_ms_per_img", "cpu_frontend", "cpu_workers", "cpu_client", "queue_ms", "batch_avg"]))
     if args.out:
         print("wrote", write_csv(rows, Path(args.out) / "tune_cpu.csv"))
+    return 0
+
+
+JVM = {"default": "", "serialgc-c1": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"}
+
+
+def transport(args) -> int:
+    """No-op handler: per-request CPU of the frontend, the worker loop and the client, per setting."""
+    import subprocess
+
+    from polydet.bench.common import REPO
+    from polydet.bench.serve import warm_up
+
+    jpegs = sample_jpegs(16, SIZES)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="polydet-noop-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "store").mkdir()
+        subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", "polydet",
+                        "--version", "1.0", "--handler", str(REPO / "benchmarks" / "noop_handler.py"),
+                        "--export-path", str(tmp / "store")], check=True)
+        log4j = REPO / "src/polydet/serving/log4j2.xml"
+        for k, (jvm, netty, batch) in enumerate([("default", None, 1), ("default", None, 4), ("default", 1, 4),
+                                                 ("serialgc-c1", 1, 4)]):
+            s = ServeSettings(batch_size=batch, max_batch_delay=1 if batch > 1 else 0, workers=2, threads=1,
+                              netty_threads=netty, netty_client_threads=netty)
+            vm = f"-Xmx1g -XX:+ExitOnOutOfMemoryError {JVM[jvm]} -Dlog4j.configurationFile={log4j}"
+            with served(tmp / "store", s, run_dir=tmp / f"run{k}", properties={"vmargs": vm}) as ts:
+                warm_up(ts, 10.0, args.concurrency)
+                token = ts.tokens.inference
+                for conc, secs in ((args.concurrency, args.seconds), (1, args.latency_seconds)):
+                    with ServerProbe(ts, period=1.0) as probe:
+                        r = closed_loop(rest_caller(ts.inference_url, token, jpegs), conc, secs, warmup_s=1.0)
+                    pr = probe.result
+                    rows.append({"jvm": jvm, "netty": netty or "default", "batch": batch, "clients": conc,
+                                 "req_per_s": r["req_per_s"], "p50_ms": r["p50_ms"], "failures": r["failures"],
+                                 "cpu_frontend": pr["cpu_frontend_ms_per_req"], "cpu_workers": pr["cpu_workers_ms_per_req"],
+                                 "cpu_client": pr["cpu_client_ms_per_req"], "queue_ms": pr["queue_ms"]})
+                    print(rows[-1], flush=True)
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')}; no-op handler, JPEG pool 320-1600 px; CPU ms per request\n")
+    print(table(rows))
+    if args.out:
+        print("wrote", write_csv(rows, Path(args.out) / "tune_transport.csv"))
     return 0
 
 

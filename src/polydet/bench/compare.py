@@ -6,8 +6,9 @@ batches of ``--batch-size`` — the shape of the TorchServe it is compared with 
 workers of ``--threads`` threads, batchSize ``--batch-size``). Both use every core of the machine; the
 served side also pays for its Java frontend and for the load-generating client on those cores.
 Phases alternate in ``--rounds`` rounds so that a noisy neighbour hits every way alike, and the ratios
-are taken per round. Also: latency at concurrency 1 (p50 served − p50 in-process) and the naive
-baseline (PIL decode/resize, one image at a time, shapely-loop NMS) against ours in one process.
+are taken per round. Also: latency at concurrency 1 (p50 served − p50 in-process, each with the
+threads of one worker) and the naive baseline (PIL decode/resize, one image at a time, shapely-loop
+NMS) against ours in one process with ``--threads`` threads, alternated in ``--naive-rounds``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ SIZES = (320, 640, 1024, 1600)  # long sides of the JPEG pool (the locust pool t
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polydet bench compare", description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=None, help="checkpoint (default: bundled weights, else random)")
-    p.add_argument("--imgsz", type=int, default=224, help="served/in-process input size")
+    p.add_argument("--imgsz", type=int, default=None, help="served/in-process input size (default: the weights')")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (all ways)")
     s = ServeSettings()
     p.add_argument("--workers", type=int, default=s.workers, help="worker processes (served and in-process)")
@@ -44,10 +45,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="per throughput phase")
     p.add_argument("--latency-seconds", type=float, default=6.0, help="per concurrency-1 phase")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup-seconds", type=float, default=20.0, help="small-JPEG warm-up of the server")
+    p.add_argument("--warmup-seconds", type=float, default=30.0, help="small-JPEG warm-up of the server")
     p.add_argument("--naive", default="224:0.25,640:0.25,640:0.01",
                    help="imgsz:conf pairs for ours vs naive ('' skips)")
-    p.add_argument("--naive-seconds", type=float, default=8.0)
+    p.add_argument("--naive-seconds", type=float, default=6.0)
+    p.add_argument("--naive-rounds", type=int, default=2, help="ours/naive alternations per pair")
     p.add_argument("--skip-served", action="store_true", help="no TorchServe (in-process and naive only)")
     p.add_argument("--out", default=None, help="folder for compare.csv, compare.json and compare.png")
     return p
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="polydet-compare-") as tmp:
         tmp = Path(tmp)
         store, artifact = build_store(tmp, weights, args.imgsz, settings, conf=args.conf)
+        imgsz = _imgsz(artifact)
         import contextlib
 
         with (contextlib.nullcontext() if args.skip_served else served(store, settings, run_dir=tmp / "run")) as ts:
@@ -169,19 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         naive_rows = []
         for pair in filter(None, args.naive.split(",")):
             size, conf = int(pair.split(":")[0]), float(pair.split(":")[1])
-            art = artifact if size == args.imgsz else export(weights, "torchscript", out=tmp / f"n{size}.torchscript",
+            art = export(weights, "torchscript", out=tmp / f"n{size}.torchscript",
                                                              imgsz=size, verify=False)[0]
-            ours = in_process(art, 1, budget, 1, args.naive_seconds, conf)
-            naive = in_process(art, 1, budget, 1, args.naive_seconds, conf, mode="naive")
+            got = {"ours": [], "naive": []}
+            for r in range(args.naive_rounds):  # alternate, so that a noisy neighbour hits both alike
+                for mode in ("ours", "naive") if r % 2 == 0 else ("naive", "ours"):
+                    got[mode].append(in_process(art, 1, args.threads, 1, args.naive_seconds, conf, mode=mode))
+            ours, naive = ({k: statistics.median(x[k] for x in got[m]) for k in got[m][0]} for m in ("ours", "naive"))
             naive_rows.append({"imgsz": size, "conf": conf, "ours_img_per_s": ours["img_per_s"],
                                "naive_img_per_s": naive["img_per_s"], "ours_p50_ms": ours["p50_ms"],
-                               "naive_p50_ms": naive["p50_ms"], "ours_vs_naive": _ratio(ours["img_per_s"],
-                                                                                       naive["img_per_s"])})
+                               "naive_p50_ms": naive["p50_ms"], "ours_vs_naive": statistics.median(
+                                   _ratio(a["img_per_s"], b["img_per_s"]) for a, b in zip(got["ours"], got["naive"]))})
             print(f"  ours vs naive {size} conf {conf}: {naive_rows[-1]['ours_vs_naive']:.2f}x", flush=True)
             rows.append({"round": 0, "way": f"naive {size} c{conf:g}", "metric": "throughput", **naive})
             rows.append({"round": 0, "way": f"ours b1 {size} c{conf:g}", "metric": "throughput", **ours})
     summary = summarize(rounds, naive_rows)
-    _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summary, naive_rows)
+    _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summary, naive_rows, imgsz)
     return 0
 
 
@@ -197,14 +203,20 @@ def summarize(rounds, naive_rows) -> dict:
     return s
 
 
-def _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summary, naive_rows) -> None:
+def _imgsz(artifact) -> int:
+    from ..backends import load_backend
+
+    return load_backend(artifact).info.imgsz
+
+
+def _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summary, naive_rows, imgsz) -> None:
     import platform
 
     import torch
 
     wname = "random weights (no bundled weights)" if weights == "random" else Path(weights).name
     head = (f"{t_begin}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}; weights: {wname}; "
-            f"imgsz {args.imgsz}; {settings.label()}; CPU budget {budget} torch threads in total; "
+            f"imgsz {imgsz}; {settings.label()}; CPU budget {budget} torch threads in total; "
             f"throughput at {conc} clients, {args.seconds:g} s x {args.rounds} rounds")
     cols = ["round", "way", "metric", "img_per_s", "p50_ms", "p99_ms", "failures", "cpu_ms_per_img", "queue_ms",
             "frontend_latency_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
@@ -213,7 +225,8 @@ def _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summar
     print(f"\n{head}\n")
     print(table(rows, [c for c in cols if any(c in r for r in rows)]))
     if naive_rows:
-        print("\nours vs naive (one process, one image at a time, the same artifact and threads):\n")
+        print(f"\nours vs naive (one process of {args.threads} thread(s), one image at a time, the same artifact; "
+              f"median of {args.naive_rounds} alternations):\n")
         print(table(naive_rows))
     print("\nratios (median over rounds):\n")
     print(table([{"ratio": k, "value": v} for k, v in summary.items()]))
@@ -224,10 +237,5 @@ def _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summar
                                                       "rows": rows}, indent=1, default=float))
         from .plots import plot_compare
 
-        med = []  # one bar per way and metric: the median over rounds
-        for key in dict.fromkeys((r["way"], r["metric"]) for r in rows):
-            rs = [r for r in rows if (r["way"], r["metric"]) == key]
-            med.append({"way": key[0], "metric": key[1], **{k: statistics.median(r[k] for r in rs)
-                                                             for k in ("img_per_s", "p50_ms")}})
-        png = plot_compare(med, out / "compare.png", head[:120])
+        png = plot_compare(rows, out / "compare.png", head)
         print(f"\nwrote {out / 'compare.csv'}, {out / 'compare.json'}, {png}")

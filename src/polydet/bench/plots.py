@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 
@@ -45,26 +46,34 @@ def plot_load(rows: list[dict], png: str | Path, title: str = "") -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     b.set_yscale("log")
-    fig.suptitle(title or "load test", fontsize=10)
+    fig.suptitle(textwrap.fill(title or "load test", 110), fontsize=9)
     return _save(fig, png)
 
 
 def plot_compare(rows: list[dict], png: str | Path, title: str = "") -> Path:
-    """Bars: throughput and p50 latency at concurrency 1 of each way (in-process, REST, gRPC, naive)."""
+    """Bars: throughput and p50 latency at concurrency 1 of each way (in-process, REST, gRPC, naive);
+    the median over rounds where a way has several rows."""
+    import statistics
+
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    tput = [r for r in rows if r.get("metric") == "throughput"]
-    lat = [r for r in rows if r.get("metric") == "latency_c1"]
+    med = []
+    for key in dict.fromkeys((r["way"], r["metric"]) for r in rows):
+        rs = [r for r in rows if (r["way"], r["metric"]) == key]
+        med.append({"way": key[0], "metric": key[1],
+                    **{k: statistics.median(_num(r[k]) for r in rs) for k in ("img_per_s", "p50_ms")}})
+    tput = [r for r in med if r["metric"] == "throughput"]
+    lat = [r for r in med if r["metric"] == "latency_c1"]
     for ax, rs, key, ylabel in ((a, tput, "img_per_s", "images / s"), (b, lat, "p50_ms", "p50 ms, concurrency 1")):
         names = [r["way"] for r in rs]
         vals = [_num(r[key]) for r in rs]
-        bars = ax.bar(range(len(vals)), vals, color=["C0" if "process" in n else "C1" if "naive" in n else "C2"
-                                                       for n in names])
+        colors = ["C1" if "naive" in n else "C2" if n in ("REST", "gRPC") else "C0" for n in names]
+        bars = ax.bar(range(len(vals)), vals, color=colors)  # blue: in-process, green: served, orange: naive
         ax.set_xticks(range(len(vals)), names, rotation=20, ha="right", fontsize=8)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(title or "in-process vs served vs naive", fontsize=10)
+    fig.suptitle(textwrap.fill(title or "in-process vs served vs naive", 130), fontsize=9)
     return _save(fig, png)
 
 
@@ -90,7 +99,7 @@ def plot_gpu(rows: list[dict], png: str | Path, title: str = "") -> Path:
     """Model-only images/s vs batch on the GPU, one line per (variant, precision, imgsz)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    keyf = lambda r: (r.get("variant", "torchscript"), r["precision"], int(_num(r["imgsz"])))  # noqa: E731
+    keyf = lambda r: (r.get("variant", "torchscript sweep"), r["precision"], int(_num(r["imgsz"])))  # noqa: E731
     for key in dict.fromkeys(keyf(r) for r in rows):
         rs = sorted((r for r in rows if keyf(r) == key), key=lambda r: _num(r["batch"]))
         ax.plot([_num(r["batch"]) for r in rs], [_num(r["img_per_s"]) for r in rs], "o-",
@@ -124,10 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     """Redraw the plots of a results folder from the data files found there."""
     root = Path((argv or sys.argv[1:] or ["benchmarks/results"])[0])
     jobs = (("loadtest/summary.csv", plot_load, "loadtest/load.png"), ("compare.csv", plot_compare, "compare.png"),
-            ("nms.csv", plot_nms, "nms.png"), ("gpu_model_throughput.json", plot_gpu, "gpu_model_throughput.png"))
+            ("nms.csv", plot_nms, "nms.png"))
     for data, fn, png in jobs:
         if (root / data).exists():
             print(fn(_read(root / data), root / png))
+    gpu = []  # the shipped backend's sweep (fp32 and fp16) plus the fp16 variants tried for the target
+    for name in ("gpu_model_throughput.json", "gpu_model_variants.json", "gpu_model_compile.json"):
+        if (root / name).exists():
+            gpu += [r for r in _read(root / name) if "variant" in r or name == "gpu_model_throughput.json"]
+    if gpu:
+        print(plot_gpu(gpu, root / "gpu_model_throughput.png", "GPU model only (see BENCHMARKS.md for the runs)"))
     return 0
 
 

@@ -32,8 +32,8 @@ MODEL = "polydet"
 class ServeSettings:
     """What a TorchServe run is tuned by (see BENCHMARKS.md, "Tuning TorchServe for 2 cores")."""
 
-    batch_size: int = 1  # model-config batchSize (CPU: batching buys little, see BENCHMARKS.md)
-    max_batch_delay: int = 0  # ms a worker waits to fill a batch; a lone request waits this long
+    batch_size: int = 4  # batchSize: under load, batches amortise TorchServe's per-batch costs
+    max_batch_delay: int = 1  # ms a worker waits to fill a batch; a lone request waits this long
     workers: int = 2  # Python worker processes (minWorkers = maxWorkers)
     threads: int = 1  # torch intra-op threads per worker (OMP_NUM_THREADS / MKL_NUM_THREADS)
     netty_threads: int | None = None  # number_of_netty_threads (frontend I/O); None: TorchServe's (cores)
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_load(users, args.seconds, out, protocols, url, target, key_file, args.sizes)
     summary = out / "summary.csv"
     write_csv(rows, summary)
-    png = plot_load(rows, out / "load.png", title=f"polydet served, {where}"[:90])
+    png = plot_load(rows, out / "load.png", title=f"{time.strftime('%Y-%m-%d')}, polydet served, {where}")
     cols = ["protocol", "users", "requests", "failures", "req_per_s", "p50_ms", "p95_ms", "p99_ms"]
     print(f"\n{time.strftime('%Y-%m-%d')}, {where}, {args.seconds:g} s per step\n")
     print(table(rows, cols))
@@ -246,11 +246,11 @@ class ServerProbe:
 
     Counters (per-request means: frontend latency, queue time) come from the difference of two scrapes;
     gauges (the last batch's HandlerTime, stage times, batch size...) are sampled every ``period`` s and
-    averaged. CPU seconds of the Java frontend, of its Python workers and of this (client) process
+    averaged (each scrape costs the frontend some CPU: keep the period long). CPU seconds of the Java frontend, of its Python workers and of this (client) process
     come from psutil over the same window.
     """
 
-    def __init__(self, ts, period: float = 0.5):
+    def __init__(self, ts, period: float = 1.0):
         import psutil
 
         self.ts, self.period = ts, period
