@@ -34,6 +34,10 @@ class PolydetHandler:
         gpu = props.get("gpu_id")
         device = "cpu" if gpu is None else f"cuda:{gpu}"
         config = HandlerConfig.from_yaml_section((context.model_yaml_config or {}).get("handler"))
+        if config.torch_threads:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
         detector = Detector.from_artifact(artifact, device=device, options=config.options(),
                                           max_pixels=config.max_pixels)
         self.answerer = BatchAnswerer(detector, config)

@@ -79,19 +79,21 @@ class Detector:
     def device(self) -> torch.device:
         return self.backend.device
 
-    def _prepare(self, image) -> tuple[np.ndarray, tuple[int, int], object]:
+    def _prepare(self, image, rgb_input: bool = False) -> tuple[np.ndarray, tuple[int, int], object]:
         """-> (letterboxed RGB uint8, original (h, w), Letterbox)."""
         if isinstance(image, (bytes, bytearray, memoryview)):
             rgb = decode_image(image, self.max_pixels, rgb=True)
+        elif rgb_input:
+            rgb = as_bgr_array(image)  # same validation; the channels are already R, G, B
         else:
             rgb = as_bgr_array(image)[..., ::-1]
         auto = self.info.letterbox == "auto" and self.info.dynamic
         out, lb = letterbox(np.ascontiguousarray(rgb), self.info.imgsz, self.info.stride, auto=auto)
         return out, rgb.shape[:2], lb
 
-    def preprocess(self, images: list) -> tuple[torch.Tensor, list]:
+    def preprocess(self, images: list, rgb: bool = False) -> tuple[torch.Tensor, list]:
         """Letterbox each image and stack into a (B,3,H,W) float batch on the backend's device."""
-        prepared = [self._prepare(im) for im in images]
+        prepared = [self._prepare(im, rgb) for im in images]
         h = max(p[0].shape[0] for p in prepared)
         w = max(p[0].shape[1] for p in prepared)
         batch = np.full((len(prepared), h, w, 3), 114, dtype=np.uint8)
@@ -101,8 +103,10 @@ class Detector:
         x = x.to(self.backend.input_dtype).div_(255.0)
         return x, prepared
 
-    def detect(self, images: list, options: DetectOptions | list[DetectOptions] | None = None) -> list[dict]:
-        """Detect in a batch of images (bytes, or HxW[xC] uint8/uint16 arrays in cv2's BGR order).
+    def detect(self, images: list, options: DetectOptions | list[DetectOptions] | None = None,
+               rgb: bool = False) -> list[dict]:
+        """Detect in a batch of images (bytes, or HxW[xC] uint8/uint16 arrays in cv2's BGR order, or in
+        RGB order with ``rgb=True``, e.g. from ``decode_image(data, rgb=True)``, which saves a copy).
 
         Returns one output-contract dict per image. Raises InvalidInputError for a bad image; callers
         that must isolate bad inputs decode each one first with ``decode_image``.
@@ -113,7 +117,7 @@ class Detector:
         if len(opts) != len(images):
             raise ValueError(f"{len(opts)} option sets for {len(images)} images")
         t0 = time.perf_counter()
-        x, prepared = self.preprocess(images)
+        x, prepared = self.preprocess(images, rgb)
         t1 = time.perf_counter()
         pred = self.backend(x)
         if pred.device.type == "cuda":

@@ -19,7 +19,7 @@ ARCHIVER = Path(sys.executable).with_name("torch-model-archiver")
 # Batching settings of the test archives: maxBatchDelay long enough that requests sent together share a
 # batch on a loaded 2-core CI machine, and a low conf so even the random-weight demo model detects
 # something (the detections-per-image metric must become non-zero).
-ARCHIVE_ENV = {"BATCH_SIZE": "4", "MAX_BATCH_DELAY": "200", "CONF": "0.001", "MAX_DET": "20",
+ARCHIVE_ENV = {"MIN_WORKERS": "1", "MAX_WORKERS": "1", "BATCH_SIZE": "4", "MAX_BATCH_DELAY": "200", "CONF": "0.001", "MAX_DET": "20",
                "RESPONSE_TIMEOUT": "60"}
 
 

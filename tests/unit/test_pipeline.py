@@ -124,3 +124,24 @@ def test_all_backends_agree_end_to_end(artifacts):
                                        atol=0.05)
             np.testing.assert_allclose([d["score"] for d in a["detections"]], [d["score"] for d in b["detections"]],
                                        atol=1e-3)
+
+
+def test_rgb_arrays_skip_the_channel_flip():
+    """detect(rgb=True) takes decode_image(..., rgb=True) output as is: same answer as the BGR path."""
+    rows = [[20, 40, 200, 40, 200, 180, 20, 180, 0.9, 0.8, 0.1]]
+    seen = []
+
+    class Spy(FixedBackend):
+        def __call__(self, x):
+            seen.append(x.clone())
+            return super().__call__(x)
+
+    spy = Spy(rows)
+    det = Detector(spy)
+    bgr = np.zeros((50, 80, 3), np.uint8)
+    bgr[..., 0] = 200  # blue in BGR
+    a = det.detect([bgr])
+    b = det.detect([np.ascontiguousarray(bgr[..., ::-1])], rgb=True)
+    assert a == b
+    torch.testing.assert_close(seen[0], seen[1])
+    assert float(seen[0][0, 2].max()) == pytest.approx(200 / 255)  # blue lands in channel 2 (RGB order)

@@ -44,6 +44,10 @@ class HandlerConfig:
     max_pixels: int = 50_000_000  # decompression-bomb guard; the header is checked before decoding
     dewarp_max_side: int = 1024  # longer side of a dewarped crop, bounds the response size
     dewarp_jpeg_quality: int = 90
+    # intra-op threads of torch in each worker; None leaves torch's default (all cores). With one
+    # worker per core, 1 avoids oversubscription (measured in BENCHMARKS.md: 2 threads per worker on
+    # 2 shared cores cost up to 10x throughput).
+    torch_threads: int | None = None
 
     @classmethod
     def from_yaml_section(cls, section) -> "HandlerConfig":
@@ -60,6 +64,9 @@ class HandlerConfig:
             v = section.get(key, getattr(cls, key))
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"model-config.yaml: handler.{key} must be a positive integer, got {v!r}")
+        threads = section.get("torch_threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"model-config.yaml: handler.torch_threads must be a positive integer, got {threads!r}")
         if not 1 <= section.get("dewarp_jpeg_quality", 90) <= 100:
             raise ConfigError("model-config.yaml: handler.dewarp_jpeg_quality must be in [1, 100]")
         cfg = cls(**section)
@@ -177,7 +184,7 @@ class BatchAnswerer:
             try:
                 req = parse_request(raw)
                 o = self.options.replace(**req.options) if req.options else self.options
-                images.append(decode_image(req.image, self.config.max_pixels))
+                images.append(decode_image(req.image, self.config.max_pixels, rgb=True))
                 good.append(i)
                 opts.append(o)
                 dewarps.append(req.dewarp)
@@ -194,7 +201,7 @@ class BatchAnswerer:
                 if isinstance(res, BaseException):
                     raise res
                 if dewarps[k]:
-                    res["dewarp"] = dewarp_field(images[k], res, self.config.dewarp_max_side,
+                    res["dewarp"] = dewarp_field(images[k][..., ::-1], res, self.config.dewarp_max_side,
                                                  self.config.dewarp_jpeg_quality)
                 bodies[i] = res
                 ndet.append(len(res["detections"]))
@@ -213,7 +220,7 @@ class BatchAnswerer:
         if not images:
             return []
         try:
-            results = self.detector.detect(images, opts)
+            results = self.detector.detect(images, opts, rgb=True)  # decoded once, straight to RGB
             for k, v in self.detector.last_timings.items():
                 timings[k] += v
             return results
