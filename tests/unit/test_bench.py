@@ -164,7 +164,8 @@ def test_bench_serve_locust_against_stub(tmp_path):
     assert n >= 4 and n <= _StubTorchServe.count <= n + 3  # all answers counted (bar those in flight at a stop)
     assert abs(bad - n / 4) <= 2  # the stub's every 4th answer is a 503, counted with its reason
     assert any("HTTP 503" in r["failure_reasons"] and "no worker" in r["failure_reasons"] for r in rows)
-    assert all(float(r["p50_ms"]) > 0 and float(r["req_per_s"]) > 0 for r in rows)
+    # the stub answers in well under a millisecond, which locust's percentiles may round to 0
+    assert all(float(r["p50_ms"]) >= 0 and float(r["req_per_s"]) > 0 for r in rows)
     assert _is_png(tmp_path / "lt" / "load.png")
     html = (tmp_path / "lt" / "restuser_u2.html").read_text()
     assert "REST 320px" in html and "REST 640px" in html  # locust's report, one line per image size
