@@ -243,9 +243,16 @@ def test_cli_writes_dataset(tmp_path, capsys):
 
 
 def test_workers_do_not_change_output(tmp_path):
-    cfg = SynthConfig(long_side=(320, 400))
-    synth.write_dataset(tmp_path / "a", 4, 9, cfg, workers=1, progress=False, preview=0)
-    synth.write_dataset(tmp_path / "b", 4, 9, cfg, workers=2, progress=False, preview=0)
+    # Two workers run through the CLI in a fresh interpreter, with a time limit: a worker pool started
+    # from a pytest process that earlier tests left with threads and spawned helpers hung here once,
+    # and a hang must fail the test, not stall the whole suite.
+    import subprocess
+    import sys
+
+    synth.write_dataset(tmp_path / "a", 4, 9, SynthConfig(), workers=1, progress=False, preview=0)
+    subprocess.run([sys.executable, "-m", "polydet.cli", "data", "synth", str(tmp_path / "b"), "--n", "4",
+                    "--seed", "9", "--workers", "2", "--no-progress"], check=True, timeout=300,
+                   capture_output=True)
     for i in range(4):
         for ext in ("jpg", "txt"):
             assert (tmp_path / "a" / f"{i:06d}.{ext}").read_bytes() == (tmp_path / "b" / f"{i:06d}.{ext}").read_bytes()
