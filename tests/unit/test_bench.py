@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -144,7 +146,6 @@ class _StubTorchServe(BaseHTTPRequestHandler):
 
 def test_bench_serve_locust_against_stub(tmp_path):
     pytest.importorskip("locust")
-    from polydet.bench import serve
 
     _StubTorchServe.count = 0
     key_file = tmp_path / "key_file.json"
@@ -153,8 +154,11 @@ def test_bench_serve_locust_against_stub(tmp_path):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        assert serve.main(["--url", url, "--key-file", str(key_file), "--users", "1,2", "--seconds", "3",
-                           "--sizes", "320,640", "--out", str(tmp_path / "lt")]) == 0
+        # locust (gevent) must be imported before ssl is: in a pytest process that already imported
+        # requests it recurses, so the runner goes in a fresh interpreter (as users run it).
+        subprocess.run([sys.executable, "-m", "polydet.cli", "bench", "serve", "--url", url, "--key-file",
+                        str(key_file), "--users", "1,2", "--seconds", "3", "--sizes", "320,640", "--out",
+                        str(tmp_path / "lt")], check=True, timeout=240, capture_output=True)
     finally:
         httpd.shutdown()
         httpd.server_close()

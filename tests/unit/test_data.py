@@ -286,7 +286,14 @@ def test_warp_puts_texture_exactly_on_the_label_quad():
 def test_synth_in_loader_workers_matches_main_process():
     ds = PolygonDataset("synth", 160, augment=True, n=4, seed=7, cfg=FAST, warm=False)
     dl = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
-    imgs, targets = zip(*dl)
+    # Late in a long pytest process, passing tensors by file descriptor failed once with EAGAIN on the
+    # resource sharer's socket; the file_system strategy avoids that channel (restored afterwards).
+    old = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        imgs, targets = zip(*dl)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(old)
     ref_imgs, ref_t = collate([ds[i] for i in range(4)])
     assert torch.equal(torch.cat(imgs), ref_imgs)
     t = torch.cat([tt + torch.tensor([2.0 * k] + [0.0] * 9) for k, tt in enumerate(targets)])
