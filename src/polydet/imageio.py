@@ -37,7 +37,7 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int | None = 
     Raises InvalidInputError (400) with the reason, UnsupportedFormatError (415) for GIF/TIFF/PDF...,
     ImageTooLargeError (413) when the header declares more than ``max_pixels`` (checked before decoding).
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidInputError(f"image must be bytes, got {type(data).__name__}")
@@ -55,7 +55,10 @@ def decode_image(data: bytes | bytearray | memoryview, max_pixels: int | None = 
         if kind in ("PDF", "HTML", "JSON"):
             raise UnsupportedFormatError(f"not an image: the bytes look like {kind}") from e
         if kind in ("JPEG", "PNG"):
-            raise InvalidInputError(f"corrupt or truncated {kind} image ({len(data)} bytes): {e}") from e
+            # PIL's "cannot identify image file <_io.BytesIO object at 0x...>" would hand a heap address
+            # to the caller: say what failed without it.
+            why = "unreadable header" if isinstance(e, UnidentifiedImageError) else str(e)
+            raise InvalidInputError(f"corrupt or truncated {kind} image ({len(data)} bytes): {why}") from e
         raise InvalidInputError(f"cannot decode image ({len(data)} bytes): not a JPEG, PNG, BMP or WebP file") from e
     if img.format not in SUPPORTED_FORMATS:
         raise UnsupportedFormatError(f"unsupported image format {img.format}: send JPEG, PNG, BMP or WebP")

@@ -1,0 +1,31 @@
+"""A short run of benchmarks/soak.py (the full 20,000-request run and its numbers are in RELIABILITY.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from serving_helpers import REPO
+
+REQUESTS, WARMUP = 500, 200
+
+
+def _soak_module():
+    spec = importlib.util.spec_from_file_location("polydet_soak", REPO / "benchmarks" / "soak.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_short_soak_keeps_memory_flat_and_answers_everything(store, tmp_path, capsys):
+    out = tmp_path / "soak.json"
+    rc = _soak_module().main(["--requests", str(REQUESTS), "--warmup", str(WARMUP), "--concurrency", "4",
+                              "--model-store", str(store), "--json-out", str(out)])
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert rc == 0, printed
+    assert res["ok"] and res["failures"] == {} and not res["worker_restarted"]
+    assert res["requests"] == REQUESTS and res["samples"] >= 30
+    for proc in ("worker", "java"):
+        assert 0 < res[proc]["baseline_mib"] and res[proc]["growth"] < res["max_growth"], (proc, res[proc])
+    assert "OK" in printed.splitlines()[-1]
