@@ -6,6 +6,7 @@
 #   scripts/gpu_train.sh train IMGSZ BUDGET_MIN [extra polydet-train args]
 #   scripts/gpu_train.sh resume IMGSZ BUDGET_MIN  # continue runs/IMGSZ/last.pt (needs the same machine)
 #   scripts/gpu_train.sh final INIT BUDGET_MIN [args]  # multi-scale fine-tune of INIT, eval at 224 and 320, CPU latency
+#   scripts/gpu_train.sh stage INIT BUDGET_MIN [args]  # one warm restart from INIT, validated at 320
 #   scripts/gpu_train.sh eval IMGSZ WEIGHTS       # full-pipeline eval of a checkpoint on the val set
 #
 # The bundled weights (weights/polydet_main_224.pt) came from two commands (see weights/MODEL_CARD.md):
@@ -81,6 +82,20 @@ print("weights from", src)' "$OUT"
         --json "$OUT/eval_$s.json"
     done
     "$PY" scripts/gpu_latency.py --images "$VAL" --threads 1 4 --n 30 "$OUT/best_224.pt" "$OUT/best_320.pt"
+    ;;
+  stage)
+    # One warm restart: a full cosine schedule from INIT on new data (--seed), trained at 224/320/320
+    # (cycled per step) and validated at 320; the EMA weights come back as $OUT/stage.pt.
+    init=$2 budget=$3
+    shift 3
+    make_val
+    polydet train --imgsz 320 --multiscale 224 320 320 --init "$init" --val "$VAL" --workers "$WORKERS" \
+      --out runs/stage --time-budget-min "$budget" "$@" 2>&1 | tee "$OUT/train_stage.log"
+    src=runs/stage/best.pt
+    [ -f "$src" ] || src=runs/stage/last.pt
+    cp "$src" "$OUT/stage.pt"
+    "$PY" -c 'import torch,json,sys; c=torch.load(sys.argv[1],weights_only=True); print(json.dumps(c["train_state"]["history"]))' \
+      runs/stage/last.pt >"$OUT/history_stage.json"
     ;;
   eval)
     make_val
