@@ -7,6 +7,7 @@
 #   scripts/gpu_train.sh resume IMGSZ BUDGET_MIN  # continue runs/IMGSZ/last.pt (needs the same machine)
 #   scripts/gpu_train.sh final INIT BUDGET_MIN [args]  # multi-scale fine-tune of INIT, eval at 224 and 320, CPU latency
 #   scripts/gpu_train.sh stage INIT BUDGET_MIN [args]  # one warm restart from INIT, validated at 320
+#   scripts/gpu_train.sh report WEIGHTS           # eval at 224 and 320 + CPU latency (final's tail)
 #   scripts/gpu_train.sh eval IMGSZ WEIGHTS       # full-pipeline eval of a checkpoint on the val set
 #
 # The bundled weights (weights/polydet_main_224.pt) came from two commands (see weights/MODEL_CARD.md):
@@ -69,14 +70,19 @@ case "${1:-}" in
     make_val
     polydet train --imgsz 224 --multiscale 224 320 --init "$init" --val "$VAL" --workers "$WORKERS" \
       --out runs/ms --time-budget-min "$budget" "$@" 2>&1 | tee "$OUT/train_ms.log"
-    # the same weights declared at each size (best.pt, or last.pt when the budget cut the run short)
-    "$PY" -c 'import sys, pathlib; from polydet.model import load_model, save_checkpoint
-src = "runs/ms/best.pt" if pathlib.Path("runs/ms/best.pt").is_file() else "runs/ms/last.pt"
-for s in (224, 320):
-    m, i = load_model(src, imgsz=s); save_checkpoint(f"{sys.argv[1]}/best_{s}.pt", m, i)
-print("weights from", src)' "$OUT"
     "$PY" -c 'import torch,json,sys; c=torch.load(sys.argv[1],weights_only=True); print(json.dumps(c["train_state"]["history"]))' \
       runs/ms/last.pt >"$OUT/history_ms.json"
+    src=runs/ms/best.pt  # best.pt, or last.pt when the budget cut the run short
+    [ -f "$src" ] || src=runs/ms/last.pt
+    bash "$0" report "$src"
+    ;;
+  report)
+    # The same weights declared at each size, scored on the val set at both, and timed on this CPU.
+    make_val
+    "$PY" -c 'import sys; from polydet.model import load_model, save_checkpoint
+for s in (224, 320):
+    m, i = load_model(sys.argv[2], imgsz=s); save_checkpoint(f"{sys.argv[1]}/best_{s}.pt", m, i)
+print("weights from", sys.argv[2])' "$OUT" "$2"
     for s in 224 320; do
       polydet eval --model "$OUT/best_$s.pt" --data "$VAL" --device "$DEVICE" --grid "$OUT/grid_$s.jpg" \
         --json "$OUT/eval_$s.json"
