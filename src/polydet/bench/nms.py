@@ -1,4 +1,4 @@
-"""``polydet bench nms``: polygon_nms against plain shapely greedy loops, in one run.
+"""``polydet bench nms``: polygon_nms (numba and torch paths) against plain shapely greedy loops, in one run.
 
 Scenes: ``ops.reference.synthetic_predictions(all_pass=True)``, i.e. clusters of ~20 jittered quads
 around rotated rectangles of 3-20 % of a 640 px image (overlapping at times), 2 classes, every row a
@@ -9,7 +9,10 @@ candidate at conf 0.25 (so "1000 candidates" is 1000 rows into the greedy pass).
   of every remaining box of its class and compute shapely intersection and union areas;
 - cached loop: the same loop with each hull polygon built once (a faster baseline than the seeds').
 
-torch runs on 1 thread by default (``--threads``), like shapely: the same CPU for both sides, and on a
+polygon_nms is timed twice: as called by default (``backend="auto"``: the compiled numba kernel on CPU
+when numba loads; the table says which ran) and with ``backend="torch"`` (the vectorized torch path,
+the one CUDA tensors take). Both are checked against the cached loop before timing. torch runs on 1
+thread by default (``--threads``), like shapely and numba: the same CPU for every column, and on a
 shared 2-core machine extra threads mostly wait for each other. ``benchmarks/bench_nms.py`` is a shim
 over this module.
 """
@@ -55,22 +58,27 @@ def run(sizes, repeat: int = 30, ref_repeat: int = 3, conf: float = 0.25, iou: f
     """One row per candidate count; raises RuntimeError when polygon_nms and the reference disagree."""
     import torch
 
-    from ..ops.nms import polygon_nms
+    from ..ops.nms import polygon_nms, resolve_backend
     from ..ops.reference import shapely_nms, synthetic_predictions
 
     rows = []
     for n in sizes:
         pred = torch.from_numpy(synthetic_predictions(np.random.default_rng(seed + n), n, all_pass=True))[None]
         kw = {"conf": conf, "iou": iou}
-        ours = polygon_nms(pred, **kw)[0]  # also warms up
+        backend = resolve_backend("auto", pred)
         ref, _ = shapely_nms(pred.numpy(), cache_polygons=True, **kw)
-        if not np.array_equal(ours.numpy(), ref[0]):
-            raise RuntimeError(f"{n} candidates: polygon_nms and the shapely loop disagree")
+        for b in ("auto", "torch"):
+            ours = polygon_nms(pred, backend=b, **kw)[0]  # also warms up (numba: compiles or loads its cache)
+            if not np.array_equal(ours.numpy(), ref[0]):
+                raise RuntimeError(f"{n} candidates: polygon_nms (backend {b}) and the shapely loop disagree")
         t_ours = median_ms(lambda: polygon_nms(pred, **kw), repeat)
+        t_torch = median_ms(lambda: polygon_nms(pred, backend="torch", **kw), repeat)
         t_seed = median_ms(lambda: shapely_nms(pred.numpy(), **kw), ref_repeat)
         t_cached = median_ms(lambda: shapely_nms(pred.numpy(), cache_polygons=True, **kw), ref_repeat)
-        rows.append({"candidates": n, "kept": len(ours), "polydet_ms": t_ours, "shapely_ms": t_seed,
-                     "ratio": t_seed / t_ours, "shapely_cached_ms": t_cached, "ratio_cached": t_cached / t_ours})
+        rows.append({"candidates": n, "kept": len(ours), "backend": backend, "polydet_ms": t_ours,
+                     "torch_ms": t_torch, "shapely_ms": t_seed, "ratio": t_seed / t_ours,
+                     "ratio_torch": t_seed / t_torch, "shapely_cached_ms": t_cached,
+                     "ratio_cached": t_cached / t_ours})
     return rows
 
 
@@ -80,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    head = (f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+    try:
+        import numba
+
+        numba_version = f"numba {numba.__version__}"
+    except Exception:  # the torch path runs without it
+        numba_version = "no numba"
+    head = (f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+            f"{numba_version}; "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
             f"{os.getloadavg()[0]:.1f}; conf {args.conf}, iou {args.iou}")
     print(head)
@@ -89,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 1
-    cols = ("candidates", "kept", "polygon_nms ms", "seeds' loop ms", "ratio", "cached loop ms", "ratio")
+    cols = ("candidates", "kept", "polygon_nms ms", "path", "seeds' loop ms", "ratio", "cached loop ms", "ratio",
+            "torch path ms", "ratio")
     print("| " + " | ".join(cols) + " |")
-    print("|" + "|".join("---:" for _ in cols) + "|")
+    print("|" + "|".join(":---" if c == "path" else "---:" for c in cols) + "|")
     for r in rows:
-        print(f"| {r['candidates']} | {r['kept']} | {r['polydet_ms']:.2f} | {r['shapely_ms']:.0f} | {r['ratio']:.0f}x "
-              f"| {r['shapely_cached_ms']:.0f} | {r['ratio_cached']:.0f}x |")
+        print(f"| {r['candidates']} | {r['kept']} | {r['polydet_ms']:.3f} | {r['backend']} | {r['shapely_ms']:.0f} "
+              f"| {r['ratio']:.0f}x | {r['shapely_cached_ms']:.0f} | {r['ratio_cached']:.0f}x | {r['torch_ms']:.2f} "
+              f"| {r['ratio_torch']:.0f}x |")
     if args.out:
         from .common import write_csv
         from .plots import plot_nms
@@ -102,5 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         write_csv(rows, out / "nms.csv")
         (out / "nms.json").write_text(json.dumps({"header": head, "rows": rows}, indent=1))
-        print(f"wrote {out / 'nms.csv'}, {plot_nms(rows, out / 'nms.png', head[:100])}")
+        title = f"{head[:16]}: polygon_nms on its {rows[0]['backend'] if rows else '?'} path, 1 image"
+        print(f"wrote {out / 'nms.csv'}, {plot_nms(rows, out / 'nms.png', title)}")
     return 0
