@@ -126,3 +126,13 @@ def test_torchscript_dynamic_shapes_and_imgsz(tmp_path):
     b = load_backend(out)
     assert b.info.imgsz == 320 and b(torch.rand(1, 3, 256, 128)).shape == (1, 3 * (32 * 16 + 16 * 8 + 8 * 4), 11)
     assert np.isfinite(b(torch.rand(1, 3, 320, 320)).numpy()).all()
+
+
+def test_torchscript_channels_last_is_cuda_only_by_default_and_changes_nothing(artifacts):
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    plain = load_backend(artifacts["torchscript"])
+    assert plain.channels_last is False  # auto: on for CUDA only (tests/gpu checks CUDA)
+    forced = load_backend(artifacts["torchscript"], channels_last=True)
+    assert forced.channels_last is True
+    a, b = plain(x), forced(x)
+    assert a.shape == b.shape and float((a - b).abs().max()) < 1e-3
