@@ -2,9 +2,10 @@
 
 initialize: the archive's serialized file picks the backend (.pt/.torchscript, .onnx, .engine), gpu_id
 the device (CPU when None), the ``handler:`` section of model-config.yaml the thresholds (unknown keys
-fail the load). handle: one answer per request; a bad request gets its own 4xx status and a JSON body
-``{"error", "code"}`` (also over gRPC, which ignores per-request statuses), the rest of the batch is
-answered normally. Request formats: see polydet.serving.handling.
+fail the load); the NMS kernel is loaded there too (Detector.warmup). handle: one answer per request;
+a bad request gets its own 4xx status and a JSON body ``{"error", "code"}`` (also over gRPC, which
+ignores per-request statuses), the rest of the batch is answered normally. Request formats: see
+polydet.serving.handling.
 
 TorchServe requires exactly one class in this module (and no module-level ``handle``).
 """
@@ -38,12 +39,14 @@ class PolydetHandler:
             import torch
 
             torch.set_num_threads(config.torch_threads)
+        # Building the Detector also warms NMS up (Detector.warmup: the numba kernel is loaded or
+        # compiled here, while the worker starts, not on the first request).
         detector = Detector.from_artifact(artifact, device=device, options=config.options(),
                                           max_pixels=config.max_pixels)
         self.answerer = BatchAnswerer(detector, config)
         self.initialized = True
-        log.info("polydet: %s on %s, classes %s, imgsz %d, %s", os.path.basename(artifact), device,
-                 detector.info.names, detector.info.imgsz, config)
+        log.info("polydet: %s on %s, classes %s, imgsz %d, NMS %s, %s", os.path.basename(artifact), device,
+                 detector.info.names, detector.info.imgsz, detector.nms_backend, config)
 
     def handle(self, data, context):
         t0 = time.perf_counter()

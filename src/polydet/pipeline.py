@@ -20,6 +20,7 @@ from .imageio import DEFAULT_MAX_PIXELS, as_bgr_array, decode_image
 from .meta import ModelInfo
 from .ops.letterbox import letterbox
 from .ops.nms import polygon_nms
+from .ops.nms import warmup as nms_warmup
 
 __all__ = ["DetectOptions", "Detector", "decode_image"]
 
@@ -60,15 +61,32 @@ class DetectOptions:
 
 
 class Detector:
-    """Polygon detection over any backend. ``detect`` takes a batch of images of any sizes."""
+    """Polygon detection over any backend. ``detect`` takes a batch of images of any sizes.
+
+    Building one calls :meth:`warmup` (``warmup=False`` leaves it to the first ``detect``).
+    """
 
     def __init__(self, backend: Backend, options: DetectOptions | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, warmup: bool = True):
         self.backend = backend
         self.info: ModelInfo = backend.info
         self.options = options or DetectOptions()
         self.max_pixels = max_pixels
         self.last_timings: dict[str, float] = {}
+        self.nms_backend: str | None = None  # the NMS path found by warmup(): "numba" or "torch"
+        if warmup:
+            self.warmup()
+
+    def warmup(self) -> str:
+        """Load the NMS path this detector's predictions will take, so that the first request does not:
+        the numba kernel for CPU predictions (~1 s from numba's cache, ~8 s compiling, once per process).
+        Returns "numba" or "torch". Where numba cannot load, "torch", as polygon_nms would fall back
+        (logged once); an invalid ``$POLYDET_NMS``, or ``POLYDET_NMS=numba`` where it cannot run, raises
+        here rather than failing every request later.
+        """
+        device = getattr(self.backend, "output_device", None) or self.device
+        self.nms_backend = nms_warmup(device, torch.float32)  # every backend returns float32 predictions
+        return self.nms_backend
 
     @classmethod
     def from_artifact(cls, path: str | Path, device: str | torch.device = "cpu", half: bool = False,

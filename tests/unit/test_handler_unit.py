@@ -85,6 +85,20 @@ def test_initialize_fails_on_an_unknown_handler_key(tmp_path, artifacts):
         handler.initialize(make_context(tmp_path, artifacts["torchscript"], {"conf": 0.3, "thresh": 1}))
 
 
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+def test_initialize_loads_the_nms_kernel_before_the_first_request(tmp_path, artifacts, monkeypatch, caplog):
+    from polydet.ops import nms
+
+    monkeypatch.delenv("POLYDET_NMS", raising=False)
+    monkeypatch.setattr(nms, "_kernel", None)  # as in a fresh worker
+    handler = load_handler_module().PolydetHandler()
+    with caplog.at_level(logging.INFO):
+        handler.initialize(make_context(tmp_path, artifacts["torchscript"]))
+    assert nms._kernel is not None and nms._kernel is nms.numba_kernel()
+    assert handler.answerer.detector.nms_backend == "numba"
+    assert any("NMS numba" in m for m in caplog.messages if m.startswith("polydet: "))
+
+
 def test_parse_request_forms():
     img = jpeg()
     assert parse_request({"body": bytearray(img)}).image == img  # raw REST body

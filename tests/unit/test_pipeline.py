@@ -1,4 +1,10 @@
+import importlib.util
 import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +14,15 @@ from PIL import Image
 from polydet.backends.base import Backend
 from polydet.errors import InvalidInputError
 from polydet.meta import ModelInfo
+from polydet.ops import nms as nms_module
 from polydet.pipeline import DetectOptions, Detector
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "weights" / "polydet_main_area.pt"
+SAMPLES = sorted((REPO / "examples").glob("sample_*.jpg"))
+needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+needs_bundled = pytest.mark.skipif(not BUNDLED.exists() or not SAMPLES,
+                                   reason="no bundled weights or examples/sample_*.jpg in this checkout")
 
 
 class FixedBackend(Backend):
@@ -145,3 +159,111 @@ def test_rgb_arrays_skip_the_channel_flip():
     assert a == b
     torch.testing.assert_close(seen[0], seen[1])
     assert float(seen[0][0, 2].max()) == pytest.approx(200 / 255)  # blue lands in channel 2 (RGB order)
+
+
+# -- NMS warm-up ----------------------------------------------------------------------------------------
+@needs_numba
+def test_building_a_detector_loads_the_nms_kernel(monkeypatch):
+    """As in a fresh worker: no kernel loaded yet; building the Detector loads it, detect() reuses it."""
+    monkeypatch.delenv("POLYDET_NMS", raising=False)
+    monkeypatch.setattr(nms_module, "_kernel", None)
+    det = Detector(FixedBackend(ROWS))
+    kernel = nms_module._kernel
+    assert det.nms_backend == "numba" and kernel is sys.modules["polydet.ops._nms_numba"]
+    assert nms_module.numba_kernel() is kernel
+    assert len(det.detect([np.zeros((224, 224, 3), np.uint8)])[0]["detections"]) == 2
+    assert nms_module._kernel is kernel
+    monkeypatch.setattr(nms_module, "_kernel", None)
+    assert Detector(FixedBackend(ROWS), warmup=False).nms_backend is None
+    assert nms_module._kernel is None  # warmup=False: left to the first detect
+
+
+def test_warmup_follows_polydet_nms_and_falls_back_to_torch(monkeypatch):
+    monkeypatch.setattr(nms_module, "_kernel", None)
+    monkeypatch.setenv("POLYDET_NMS", "torch")
+    assert Detector(FixedBackend(ROWS)).nms_backend == "torch"
+    assert nms_module._kernel is None  # the torch path needs no kernel: nothing loaded
+    # numba unavailable (import fails): auto warms up to the torch path, and detection still works.
+    monkeypatch.delenv("POLYDET_NMS")
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.delitem(sys.modules, "polydet.ops._nms_numba", raising=False)
+    import polydet.ops
+
+    monkeypatch.delattr(polydet.ops, "_nms_numba", raising=False)
+    det = Detector(FixedBackend(ROWS))
+    assert det.nms_backend == "torch" and nms_module._kernel is False
+    assert len(det.detect([np.zeros((224, 224, 3), np.uint8)])[0]["detections"]) == 2
+    # A setting every request would fail on fails at start-up instead.
+    monkeypatch.setenv("POLYDET_NMS", "numba")
+    with pytest.raises(RuntimeError, match="numba NMS kernel is unavailable"):
+        Detector(FixedBackend(ROWS))
+    monkeypatch.setenv("POLYDET_NMS", "fast")
+    with pytest.raises(ValueError, match="POLYDET_NMS"):
+        Detector(FixedBackend(ROWS))
+
+
+def test_warmup_uses_the_device_of_the_predictions(monkeypatch):
+    monkeypatch.delenv("POLYDET_NMS", raising=False)
+
+    class CpuOutputs(FixedBackend):  # e.g. ONNX Runtime on CUDA: outputs come back as numpy, on the CPU
+        output_device = torch.device("cpu")
+
+    on_gpu, cpu_out = FixedBackend(ROWS), CpuOutputs(ROWS)
+    on_gpu.device = cpu_out.device = torch.device("meta")  # stands in for CUDA here
+    assert Detector(on_gpu).nms_backend == "torch"  # predictions on the GPU: the torch path
+    assert Detector(cpu_out).nms_backend == nms_module.resolve_backend(None, torch.zeros(1, 1, 10))
+
+
+_FRESH_WORKER = """
+import json, sys
+from pathlib import Path
+from polydet.ops import nms
+from polydet.pipeline import Detector
+before = "polydet.ops._nms_numba" in sys.modules
+det = Detector.from_artifact(sys.argv[1])
+kernel = nms._kernel
+compiled = len(kernel.nms_image.signatures)
+det.detect([Path(p).read_bytes() for p in sys.argv[2:]])
+print(json.dumps({"before": before, "nms": det.nms_backend, "compiled": compiled,
+                  "after_detect": len(kernel.nms_image.signatures), "loaded": bool(kernel)}))
+"""
+
+
+@needs_numba
+@needs_bundled
+def test_a_fresh_process_compiles_nothing_on_its_first_detect():
+    """What a TorchServe worker sees: the kernel is loaded (or compiled) while the Detector is built;
+    the first detect() adds no compiled signature."""
+    env = {k: v for k, v in os.environ.items() if k != "POLYDET_NMS"}
+    r = subprocess.run([sys.executable, "-c", _FRESH_WORKER, str(BUNDLED), *map(str, SAMPLES)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["before"] is False and out["loaded"] and out["nms"] == "numba"
+    assert out["compiled"] >= 1 and out["after_detect"] == out["compiled"]
+
+
+@needs_numba
+@needs_bundled
+def test_bundled_model_detections_are_identical_on_both_nms_paths(monkeypatch):
+    """POLYDET_NMS=torch and POLYDET_NMS=numba: the same detections from the bundled weights on the
+    example photos, at the served defaults and at a low threshold (hundreds of candidates per image),
+    and the same kept rows bit for bit."""
+    images = [p.read_bytes() for p in SAMPLES]
+    low = DetectOptions(conf=0.001, max_det=300)
+    results, rows = {}, {}
+    for name in ("torch", "numba"):
+        monkeypatch.setenv("POLYDET_NMS", name)
+        det = Detector.from_artifact(BUNDLED)
+        assert det.nms_backend == name
+        results[name] = (det.detect(images), det.detect(images, low))
+        x, _ = det.preprocess(images)
+        pred = det.backend(x)
+        rows[name] = [nms_module.polygon_nms(pred, **kw) for kw in (
+            {}, {"conf": 0.001, "max_det": 300}, {"conf": 0.001, "agnostic": True},
+            {"conf": 0.001, "multi_label": True, "iou": 0.3})]
+    assert results["numba"] == results["torch"]
+    assert sum(len(r["detections"]) for r in results["torch"][0]) > 0
+    assert sum(len(r["detections"]) for r in results["torch"][1]) > 30
+    for got, want in zip(rows["numba"], rows["torch"]):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -32,6 +32,12 @@ class Backend:
     def input_dtype(self) -> torch.dtype:
         return torch.float16 if self.half else torch.float32
 
+    @property
+    def output_device(self) -> torch.device:
+        """Where ``__call__``'s predictions are (hence where NMS runs): the backend's device unless a
+        runtime hands its outputs back on the CPU."""
+        return self.device
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, device={self.device}, half={self.half})"
 

@@ -37,6 +37,10 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = inp.name
         self.half = half or self.info.half or inp.type == "tensor(float16)"
 
+    @property
+    def output_device(self) -> torch.device:
+        return torch.device("cpu")  # session.run returns numpy arrays, on any provider
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().to("cpu", self.input_dtype).numpy()
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(arr)})

@@ -190,12 +190,13 @@ def _nms_one(quads: torch.Tensor, cls: torch.Tensor, iou: float, agnostic: bool)
 def numba_kernel():
     """The compiled kernel module (``_nms_numba``), or None when numba is missing or fails.
 
-    First call (polygon_nms calls it on its first CPU call; call it at start-up to move that cost out
-    of the first request): imports numba and loads the float32 kernel from numba's on-disk cache
-    (~1 s on a small CPU), or compiles it where there is no cache yet (~8 s; float64 inputs compile
-    their own on first use). The cache goes to ``$NUMBA_CACHE_DIR``, else ``__pycache__`` beside the
-    module, else numba's user cache dir; where none is writable the kernel compiles without one in
-    every process. A failure is logged once at INFO and the torch path is used from then on.
+    First call (polygon_nms calls it on its first CPU call; :func:`warmup`, which ``Detector`` calls when
+    it is built, moves that cost out of the first request): imports numba and loads the float32 kernel
+    from numba's on-disk cache (~1 s on a small CPU), or compiles it where there is no cache yet (~8 s;
+    float64 inputs compile their own on first use). The cache goes to ``$NUMBA_CACHE_DIR``, else
+    ``__pycache__`` beside the module, else numba's user cache dir; where none is writable the kernel
+    compiles without one in every process. A failure is logged once at INFO and the torch path is used
+    from then on.
     """
     global _kernel, _kernel_error
     if _kernel is None:
@@ -236,6 +237,23 @@ def resolve_backend(backend: str | None, pred: torch.Tensor) -> str:
             raise RuntimeError(f"the numba NMS kernel is unavailable ({_kernel_error})")
         return "torch"
     return "numba"
+
+
+def warmup(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+           backend: str | None = None) -> str:
+    """Load now what polygon_nms will need for predictions on ``device`` in ``dtype``; returns the path
+    it will take, "numba" or "torch" (``backend`` and ``$POLYDET_NMS`` as in :func:`resolve_backend`).
+
+    Servers call it at start-up so that the first request does not pay for loading the numba kernel
+    (~1 s from numba's cache, ~8 s compiling). Where numba cannot load, "auto" gives "torch" (logged once,
+    see :func:`numba_kernel`); a setting that would make every call fail (an unknown name, or "numba"
+    where it cannot run) raises here as polygon_nms would. float64 compiles its own kernel here.
+    """
+    name = resolve_backend(backend, torch.empty((0, 0, 10), dtype=dtype, device=device))
+    if name == "numba" and dtype == torch.float64:
+        _kernel.nms_image(np.zeros((2, 11), np.float64), np.float64(0.25), 0.5, False, False, 2, 30000,
+                          np.ones(2, np.bool_))
+    return name
 
 
 def _allowed(classes, nc: int) -> np.ndarray:
