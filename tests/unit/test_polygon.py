@@ -1,13 +1,15 @@
-"""Exact polygon ops against shapely (``Polygon(q).convex_hull``), on random and adversarial quads."""
+"""Exact polygon ops against shapely (``Polygon(q).convex_hull``) and an exact rational oracle, on random
+and adversarial quads."""
 
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from polydet.ops.polygon import order_corners, polygon_area, polygon_iou
@@ -30,6 +32,112 @@ KINDS = ["identical", "reversed", "shuffled", "nested", "shrunk_corner", "shifte
 def iou1(a, b, dtype=torch.float64) -> float:
     return float(polygon_iou(torch.tensor(np.array(a)[None], dtype=dtype),
                              torch.tensor(np.array(b)[None], dtype=dtype))[0, 0])
+
+
+# ---- the exact oracle: the seeds' IoU (convex hulls) in rational arithmetic ------------------------
+# Every float64 is a rational number, so the hulls (orientation tests), the clipped intersection
+# (Sutherland-Hodgman: both polygons are convex) and the areas (shoelace) are exact; only the final
+# IoU is rounded, once. Independent of polygon.py's algorithm and of GEOS, and slow (~1 ms a pair).
+
+def _cross(o, a, b):
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def exact_hull(points) -> list[tuple[Fraction, Fraction]]:
+    """Convex hull, counter-clockwise (y up), without collinear points; fewer than 3 when degenerate."""
+    pts = sorted({(Fraction(float(x)), Fraction(float(y))) for x, y in np.asarray(points, np.float64)})
+    if len(pts) < 3:
+        return pts
+    lower, upper = [], []  # Andrew's monotone chain
+    for chain, seq in ((lower, pts), (upper, pts[::-1])):
+        for p in seq:
+            while len(chain) >= 2 and _cross(chain[-2], chain[-1], p) <= 0:
+                chain.pop()
+            chain.append(p)
+    hull = lower[:-1] + upper[:-1]
+    return hull if len(hull) >= 3 else hull[:2]  # all collinear: the two ends
+
+
+def exact_area(poly) -> Fraction:
+    n = len(poly)
+    if n < 3:
+        return Fraction(0)
+    return abs(sum(poly[i][0] * poly[i - 1][1] - poly[i - 1][0] * poly[i][1] for i in range(n))) / 2
+
+
+def exact_clip(subject, clip) -> list:
+    """``subject`` cut by each edge's half-plane of the convex counter-clockwise ``clip``."""
+    out = list(subject)
+    for i in range(len(clip)):
+        a, b = clip[i], clip[(i + 1) % len(clip)]
+        pts, out = out, []
+        for j in range(len(pts)):
+            p, q = pts[j], pts[(j + 1) % len(pts)]
+            sp, sq = _cross(a, b, p), _cross(a, b, q)
+            if sp >= 0:
+                out.append(p)
+            if (sp > 0 > sq) or (sp < 0 < sq):
+                t = sp / (sp - sq)
+                out.append((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])))
+        if not out:
+            break
+    return out
+
+
+def exact_iou(p, q) -> float:
+    """IoU of the convex hulls of ``p`` and ``q`` (4, 2), exact up to the last rounding; 0 when the
+    union has no area (as ``shapely_iou``)."""
+    a, b = exact_hull(p), exact_hull(q)
+    inter = exact_area(exact_clip(a, b)) if len(a) >= 3 and len(b) >= 3 else Fraction(0)
+    union = exact_area(a) + exact_area(b) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def shapely_overlay_consistent(p, q) -> bool:
+    """Whether GEOS's overlay of the two hulls obeys inclusion-exclusion, area(A & B) + area(A | B) =
+    area(A) + area(B), to 1e-9 of area(A) + area(B) (float64 overlays hold it to ~1e-15). Where it
+    does not, GEOS has failed on the pair (seen: a 1/1024 px wide sliver inside another, whose
+    intersection GEOS 3.14 returns empty) and shapely's IoU is no oracle for it."""
+    from shapely.geometry import Polygon
+
+    a = Polygon(np.asarray(p, np.float64)).convex_hull
+    b = Polygon(np.asarray(q, np.float64)).convex_hull
+    total = a.area + b.area
+    return abs(a.intersection(b).area + a.union(b).area - total) <= 1e-9 * total
+
+
+def check_iou(a, b) -> bool:
+    """polygon_iou of (a, b) and (b, a) within TOL of the exact IoU; and, as before, within TOL of
+    shapely's (the seeds' oracle), which must itself agree with the exact IoU, wherever GEOS's overlay
+    is consistent (see shapely_overlay_consistent). Returns whether shapely was checked."""
+    exact = exact_iou(a, b)
+    got = (iou1(a, b), iou1(b, a))
+    assert all(np.isfinite(g) and abs(g - exact) <= TOL for g in got), (got, exact)
+    if shapely_overlay_consistent(a, b):
+        ref = shapely_iou(a, b)
+        assert abs(ref - exact) <= TOL, (ref, exact)
+        assert all(abs(g - ref) <= TOL for g in got), (got, ref)
+        return True
+    return False
+
+
+class Draws:
+    """Stands in for ``st.data()`` in an ``@example``: ``draw`` returns the given values in order."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def draw(self, strategy, label=None):
+        return self.values.pop(0)
+
+    def __repr__(self):
+        return f"Draws{tuple(self.values)}"
+
+
+# Found by hypothesis: a 1/1024 px wide triangle 47.6 px long, and its copy scaled by 0.69 about its
+# far corner (inside it, up to the rounding of the scaled corners). IoU 0.69^2 = 0.4757; shapely: 0.
+SLIVER = np.array([(0.0, 0.0), (0.0009765625, -47.5947265625), (0.0, 0.0), (0.0, 0.0009765625)], np.float64)
+SLIVER_SCALE = 0.6896947811967924
 
 
 def derive(kind: str, a: np.ndarray, data) -> tuple[np.ndarray, np.ndarray]:
@@ -68,19 +176,54 @@ def derive(kind: str, a: np.ndarray, data) -> tuple[np.ndarray, np.ndarray]:
 @SETTINGS
 @given(quads, quads)
 def test_iou_random_quads_match_shapely(a, b):
-    ref = shapely_iou(a, b)
-    assert abs(iou1(a, b) - ref) <= TOL
-    assert abs(iou1(b, a) - ref) <= TOL
+    if not check_iou(a, b):
+        event("GEOS overlay inconsistent: exact oracle only")
 
 
 @SETTINGS
 @given(st.sampled_from(KINDS), quads, st.data())
+@example("shrunk_corner", SLIVER, Draws(1, SLIVER_SCALE))
 def test_iou_adversarial_quads_match_shapely(kind, a, data):
     a, b = derive(kind, a, data)
-    ref = shapely_iou(a, b)
-    got = iou1(a, b)
-    assert np.isfinite(got) and abs(got - ref) <= TOL, (kind, got, ref)
-    assert abs(iou1(b, a) - ref) <= TOL
+    if not check_iou(a, b):
+        event("GEOS overlay inconsistent: exact oracle only")
+
+
+def test_sliver_inside_a_sliver_against_the_exact_iou():
+    """The sliver case on its own: GEOS's overlay fails on it, the exact oracle and polygon_iou agree."""
+    a, b = derive("shrunk_corner", SLIVER, Draws(1, SLIVER_SCALE))
+    exact = exact_iou(a, b)
+    assert exact == pytest.approx(SLIVER_SCALE ** 2, abs=1e-9)  # b is a inside itself, scaled by 0.69
+    assert shapely_iou(a, b) == 0.0 or shapely_overlay_consistent(a, b)  # GEOS 3.14: 0 (a newer GEOS may fix it)
+    for got in (iou1(a, b), iou1(b, a)):
+        assert got == pytest.approx(exact, abs=1e-9)
+    check_iou(a, b)
+
+
+@pytest.mark.xfail(strict=True, reason="known polygon_iou bug: a sliver corner just outside a nearly "
+                   "parallel edge (4e-12 px, 2e-4 of the sliver's thickness) gives IoU 0 instead of 0.799")
+def test_sliver_with_a_corner_just_outside_the_other():
+    """Found with the exact oracle (shapely agrees with it here): the sliver scaled by 0.894 about its
+    far corner, then rounded to float32 (as detections are), sticks out of the sliver by ~4e-12 px.
+    polygon_iou gives 0.0 one way and 0.7993 the other; the exact IoU is 0.7990. About a third of
+    the scales in [0.05, 1] miss by more than TOL; 1/64 px wide slivers by up to 0.03, 1/8 px wide
+    ones by < 1e-7. The numba NMS kernel reproduces polygon_iou bit for bit, so it shares this."""
+    b = (SLIVER[1] + 0.8940653925659252 * (SLIVER - SLIVER[1])).astype(np.float32).astype(np.float64)
+    exact = exact_iou(SLIVER, b)
+    assert exact == pytest.approx(0.7989877281, abs=1e-9) and shapely_iou(SLIVER, b) == pytest.approx(exact)
+    assert abs(iou1(SLIVER, b) - exact) <= TOL and abs(iou1(b, SLIVER) - exact) <= TOL
+
+
+def test_exact_oracle_known_values():
+    sq = [[0, 0], [2, 0], [2, 2], [0, 2]]
+    assert exact_iou(sq, np.array(sq) + [1, 0]) == 1 / 3
+    assert exact_iou(sq, [[1, -1], [3, 1], [1, 3], [-1, 1]]) == 0.5  # sq's corners on the diamond's edges
+    assert exact_iou(sq, np.array(sq) + 2) == 0.0  # touching at a corner
+    assert exact_iou(sq, [[0, 0], [2, 2], [2, 0], [0, 2]]) == 1.0  # a bowtie is its hull
+    assert exact_iou(sq, [[1, 1]] * 4) == 0.0 and exact_iou([[1, 1]] * 4, [[1, 1]] * 4) == 0.0
+    assert exact_iou([[0, 0], [1, 0], [2, 0], [3, 0]], [[0, 0], [3, 0], [1, 0], [2, 0]]) == 0.0  # no area
+    dart = [[0, 0], [4, 2], [0, 4], [1, 2]]
+    assert exact_iou(dart, [[0, 0], [4, 2], [0, 4], [0, 0]]) == 1.0
 
 
 @settings(max_examples=150, deadline=None)
