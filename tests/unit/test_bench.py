@@ -93,6 +93,30 @@ def test_bench_nms_rows_and_plot(tmp_path):
     assert _is_png(tmp_path / "nms.png")
 
 
+def test_nms_plot_redrawn_from_the_json_labels_both_paths(tmp_path, monkeypatch):
+    """``python -m polydet.bench.plots DIR`` redraws nms.png from nms.json; the legend names the path
+    that ran by default (the rows' ``backend``) and the torch path."""
+    pytest.importorskip("matplotlib")
+    from polydet.bench import plots
+
+    rows = [{"candidates": n, "kept": n // 20, "backend": "numba", "polydet_ms": n * 6e-4, "torch_ms": n * 1e-2,
+             "shapely_ms": n * 0.4, "shapely_cached_ms": n * 0.14} for n in (100, 1000)]
+    (tmp_path / "nms.json").write_text(json.dumps({"header": "2026-11-22 19:18, torch 2.13.0+cpu", "rows": rows}))
+    labels = []
+    real_legend = plots._plt().Axes.legend
+
+    def spy(ax, *a, **k):
+        labels.extend(ax.get_legend_handles_labels()[1])
+        return real_legend(ax, *a, **k)
+
+    monkeypatch.setattr(plots._plt().Axes, "legend", spy)
+    assert plots.main([str(tmp_path)]) == 0
+    assert _is_png(tmp_path / "nms.png")
+    assert labels == ["polygon_nms, default (auto: numba path)", 'polygon_nms, torch path (backend="torch"; CUDA\'s)',
+                      "shapely loop (the seeds' way)", "shapely loop, hulls built once"]
+    assert plots.nms_title("2026-11-22 19:18, torch", rows) == "2026-11-22 19:18: polygon_nms on its numba path, 1 image"
+
+
 def test_bench_compare_in_process_and_naive(tmp_path):
     pytest.importorskip("shapely")
     from polydet.bench import compare

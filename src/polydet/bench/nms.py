@@ -114,11 +114,10 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['ratio_torch']:.0f}x |")
     if args.out:
         from .common import write_csv
-        from .plots import plot_nms
+        from .plots import nms_title, plot_nms
 
         out = Path(args.out)
         write_csv(rows, out / "nms.csv")
         (out / "nms.json").write_text(json.dumps({"header": head, "rows": rows}, indent=1))
-        title = f"{head[:16]}: polygon_nms on its {rows[0]['backend'] if rows else '?'} path, 1 image"
-        print(f"wrote {out / 'nms.csv'}, {plot_nms(rows, out / 'nms.png', title)}")
+        print(f"wrote {out / 'nms.csv'}, {plot_nms(rows, out / 'nms.png', nms_title(head, rows))}")
     return 0

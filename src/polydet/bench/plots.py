@@ -77,14 +77,27 @@ def plot_compare(rows: list[dict], png: str | Path, title: str = "") -> Path:
     return _save(fig, png)
 
 
+def nms_title(header: str, rows: list[dict]) -> str:
+    """The NMS plot's title from ``bench nms``'s header line (its date) and rows."""
+    paths = "/".join(dict.fromkeys(str(r.get("backend", "torch")) for r in rows)) or "?"
+    return f"{header[:16]}: polygon_nms on its {paths} path, 1 image"
+
+
 def plot_nms(rows: list[dict], png: str | Path, title: str = "") -> Path:
-    """ms per call of polygon_nms and the shapely loop vs number of candidates (log-log)."""
+    """ms per call vs number of candidates (log-log): polygon_nms as called by default (``polydet_ms``:
+    backend "auto", the path in ``backend``), its torch path (``torch_ms``) and the shapely loops.
+    Rows from before the numba kernel have neither column: ``polydet_ms`` was the torch path then."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     rs = sorted(rows, key=lambda r: _num(r["candidates"]))
     n = [_num(r["candidates"]) for r in rs]
-    ax.plot(n, [_num(r["polydet_ms"]) for r in rs], "o-", label="polydet polygon_nms (torch)")
+    paths = "/".join(dict.fromkeys(str(r.get("backend", "torch")) for r in rs))
+    ax.plot(n, [_num(r["polydet_ms"]) for r in rs], "o-", label=f"polygon_nms, default (auto: {paths} path)")
+    if any("torch_ms" in r for r in rs) and paths != "torch":
+        ax.plot(n, [_num(r.get("torch_ms")) for r in rs], "d-", label='polygon_nms, torch path (backend="torch"; CUDA\'s)')
     ax.plot(n, [_num(r["shapely_ms"]) for r in rs], "s--", label="shapely loop (the seeds' way)")
+    if any("shapely_cached_ms" in r for r in rs):
+        ax.plot(n, [_num(r.get("shapely_cached_ms")) for r in rs], "^:", label="shapely loop, hulls built once")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("candidates after the conf filter")
@@ -132,11 +145,15 @@ def _read(path: Path) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Redraw the plots of a results folder from the data files found there."""
     root = Path((argv or sys.argv[1:] or ["benchmarks/results"])[0])
-    jobs = (("loadtest/summary.csv", plot_load, "loadtest/load.png"), ("compare.csv", plot_compare, "compare.png"),
-            ("nms.csv", plot_nms, "nms.png"))
+    jobs = (("loadtest/summary.csv", plot_load, "loadtest/load.png"), ("compare.csv", plot_compare, "compare.png"))
     for data, fn, png in jobs:
         if (root / data).exists():
             print(fn(_read(root / data), root / png))
+    if (root / "nms.json").exists():  # bench nms's rows with its header (the date in the title)
+        nms = _read(root / "nms.json")
+        print(plot_nms(nms["rows"], root / "nms.png", nms_title(nms.get("header", ""), nms["rows"])))
+    elif (root / "nms.csv").exists():
+        print(plot_nms(_read(root / "nms.csv"), root / "nms.png"))
     gpu = []  # the shipped backend's sweep (fp32 and fp16) plus the fp16 variants tried for the target
     for name in ("gpu_model_throughput.json", "gpu_model_variants.json", "gpu_model_compile.json"):
         if (root / name).exists():
