@@ -140,6 +140,39 @@ def test_image_config(config, container):
         assert st.st_uid == 0 and not st.st_mode & stat.S_IWOTH, p
 
 
+NUMBA_CACHE = "var/cache/polydet/numba"  # NUMBA_CACHE_DIR in the image, relative to its root
+# What a worker does at start-up (Detector.warmup), reporting numba's cache statistics.
+_NUMBA_PROBE = ("import json; from polydet.ops import nms; assert nms.warmup() == 'numba'; "
+                "s = nms.numba_kernel().nms_image.stats; "
+                "print(json.dumps({'hits': sum(s.cache_hits.values()), 'misses': sum(s.cache_misses.values())}))")
+
+
+def _files(folder: Path) -> dict:
+    """{relative path: (size, mtime_ns)} of every file under folder."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_numba_cache_is_built_into_the_image_and_loaded_as_the_user(config, container):
+    """The NMS kernel was compiled at build time into NUMBA_CACHE_DIR, writable by the server's user;
+    a process of that user in the image loads it from there (cache hits, no compilation)."""
+    name, root = container
+    assert f"NUMBA_CACHE_DIR=/{NUMBA_CACHE}" in config["Env"] and "NUMBA_CPU_NAME=generic" in config["Env"]
+    cache = root / NUMBA_CACHE
+    st = cache.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (10001, 10001, 0o755)
+    before = _files(cache)
+    assert any(p.endswith(".nbi") for p in before) and any(p.endswith(".nbc") for p in before), before
+    assert {p.stat().st_uid for p in cache.rglob("*")} == {10001}
+    r = subprocess.run(["buildah", "run", "--isolation", "chroot", name, "--", "/opt/polydet/venv/bin/python",
+                        "-c", _NUMBA_PROBE], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, _tail(r.stdout + r.stderr)
+    stats = json.loads(r.stdout.strip().splitlines()[-1])
+    assert stats["hits"] >= 1 and stats["misses"] == 0, stats
+    assert _files(cache) == before  # nothing compiled, nothing written
+
+
 def _wait_ready(runner: subprocess.Popen, key_file: Path, management: str, log: Path, timeout: float = 180) -> str:
     """Wait until polydet's worker is READY; return the management key."""
     import requests
@@ -188,6 +221,7 @@ def test_serves_a_request_as_non_root_and_stops_on_sigterm(config, container, tm
     r = subprocess.run(healthcheck, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stdout.startswith("unhealthy:"), r.stdout + r.stderr
 
+    numba_cache = _files(root / NUMBA_CACHE)
     log = tmp_path / "container.log"
     with open(log, "w") as out:  # the image's own ENTRYPOINT + CMD, as its configured user and workdir
         runner = subprocess.Popen(["buildah", "run", "--isolation", "chroot", name, "--",
@@ -210,6 +244,11 @@ def test_serves_a_request_as_non_root_and_stops_on_sigterm(config, container, tm
         for d in body["detections"]:
             assert set(d) == {"class_id", "class_name", "score", "polygon"}
             assert len(d["polygon"]) == 4 and all(len(p) == 2 for p in d["polygon"])
+        # The workers took the numba NMS path, loaded while they started, from the image's cache: they
+        # wrote nothing into it (a worker that compiled would have added its own entry).
+        model_log = (home / "logs" / "model_log.log").read_text()
+        assert "NMS numba" in model_log and "NMS torch" not in model_log, _tail(model_log)
+        assert _files(root / NUMBA_CACHE) == numba_cache
         # Token authorization is on: no token, or the management key on the inference port, is refused.
         for headers in ({}, {"Authorization": f"Bearer {key}"}):
             r = requests.post(f"{inference}/predictions/polydet", data=jpeg, timeout=30,
