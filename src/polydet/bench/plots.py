@@ -156,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         print(plot_nms(_read(root / "nms.csv"), root / "nms.png"))
     gpu = []  # the shipped backend's sweep (fp32 and fp16) plus the fp16 variants tried for the target
     for name in ("gpu_model_throughput.json", "gpu_model_variants.json", "gpu_model_compile.json"):
-        if (root / name).exists():
-            gpu += [r for r in _read(root / name) if "variant" in r or name == "gpu_model_throughput.json"]
+        for r in _read(root / name) if (root / name).exists() else []:
+            if name == "gpu_model_throughput.json":  # scripts/gpu_tests.sh: the backend as shipped
+                gpu.append({**r, "variant": "backend as shipped (channels_last on CUDA)"})
+            elif "variant" in r:  # measured before the backend went channels_last
+                gpu.append({**r, "variant": {"torchscript": "torchscript contiguous (before)"}.get(r["variant"], r["variant"])})
     if gpu:
         print(plot_gpu(gpu, root / "gpu_model_throughput.png", "GPU model only (see BENCHMARKS.md for the runs)"))
     return 0
