@@ -200,18 +200,62 @@ def test_sliver_inside_a_sliver_against_the_exact_iou():
     check_iou(a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="known polygon_iou bug: a sliver corner just outside a nearly "
-                   "parallel edge (4e-12 px, 2e-4 of the sliver's thickness) gives IoU 0 instead of 0.799")
 def test_sliver_with_a_corner_just_outside_the_other():
     """Found with the exact oracle (shapely agrees with it here): the sliver scaled by 0.894 about its
     far corner, then rounded to float32 (as detections are), sticks out of the sliver by ~4e-12 px.
-    polygon_iou gives 0.0 one way and 0.7993 the other; the exact IoU is 0.7990. About a third of
-    the scales in [0.05, 1] miss by more than TOL; 1/64 px wide slivers by up to 0.03, 1/8 px wide
-    ones by < 1e-7. The numba NMS kernel reproduces polygon_iou bit for bit, so it shares this."""
+    polygon_iou gave 0.0 one way and 0.7993 the other (the exact IoU is 0.7990): the two long edges
+    were judged with different quads' tolerances, so one was dropped as a copy of the other while
+    the other was cut away as outside; and the tolerance of the coordinates' magnitude was larger than
+    the corner's 4e-12 px. See test_random_float32_slivers_against_the_exact_iou for many more."""
     b = (SLIVER[1] + 0.8940653925659252 * (SLIVER - SLIVER[1])).astype(np.float32).astype(np.float64)
     exact = exact_iou(SLIVER, b)
     assert exact == pytest.approx(0.7989877281, abs=1e-9) and shapely_iou(SLIVER, b) == pytest.approx(exact)
     assert abs(iou1(SLIVER, b) - exact) <= TOL and abs(iou1(b, SLIVER) - exact) <= TOL
+
+
+def random_slivers(rng, n):
+    """``n`` pairs (a, b) of float32 slivers: a 1/1024 ... 1/8 px wide needle (SLIVER's shape, at the
+    origin or anywhere in a 100 px image), thin triangle or thin quad (any direction), and b a copy of
+    a scaled about one of its corners, with or without one corner then nudged by a few float32 ulps,
+    or a itself with one corner nudged (just inside or just outside a)."""
+    pairs = []
+    for _ in range(n):
+        w, length = 2.0 ** -rng.integers(3, 11), rng.uniform(5, 60)
+        o = rng.integers(0, 100 * 1024, 2) / 1024 * (rng.random() < 0.75)
+        ang = rng.uniform(0, 2 * np.pi)
+        d = np.array([np.cos(ang), np.sin(ang)])
+        side = np.array([-d[1], d[0]])
+        shape = rng.integers(3)
+        if shape == 0:  # SLIVER's needle
+            a = o + np.array([(0, 0), (w, -length), (0, 0), (0, w)])
+        elif shape == 1:
+            a = o + np.array([0 * d, length * d, length * d, w * side])
+        else:
+            a = o + np.array([0 * d, length * d, length * d + w * side, w * side])
+        a = a.astype(np.float32)
+        how = rng.integers(3)  # 0: scaled, 1: scaled and nudged, 2: nudged
+        k = rng.integers(4)
+        b = a.copy() if how == 2 else (a[k] + rng.uniform(0.05, 1.0) * (a - a[k])).astype(np.float32)
+        if how:
+            c = rng.integers(4)
+            b[c] += rng.integers(-3, 4, 2).astype(np.float32) * np.spacing(b[c])
+        pairs.append((a.astype(np.float64), b.astype(np.float64)))
+    return pairs
+
+
+def test_random_float32_slivers_against_the_exact_iou():
+    """Many slivers as test_sliver_with_a_corner_just_outside_the_other: nearly collinear edges whose
+    corners lie just inside or outside the other quad's, in both argument orders."""
+    rng = np.random.default_rng(0)
+    pairs = random_slivers(rng, 1500)
+    a = torch.tensor(np.stack([p for p, _ in pairs]))
+    b = torch.tensor(np.stack([q for _, q in pairs]))
+    ab, ba = polygon_iou(a, b).diagonal().numpy(), polygon_iou(b, a).diagonal().numpy()
+    exact = np.array([exact_iou(p, q) for p, q in pairs])
+    assert (exact > 0.1).sum() > 500  # mostly overlapping pairs
+    for got in (ab, ba):
+        bad = np.flatnonzero(~(np.abs(got - exact) <= TOL))
+        assert bad.size == 0, [(pairs[m], got[m], exact[m]) for m in bad[:3]]
 
 
 def test_exact_oracle_known_values():

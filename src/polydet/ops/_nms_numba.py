@@ -10,13 +10,14 @@ reach the threshold.
 
 The geometry is a scalar transcription of ``polygon.quad_tables`` and ``polygon.pair_iou``: the same
 hull (angular order around the centroid, reflex corner replaced by its predecessor), the same
-half-plane clipping with the same tolerances, the same operations in the same order, in float64,
-without fastmath (so no fused multiply-add). The IoU values, hence the kept boxes, are those of the
-torch path; ``tests/unit/test_nms.py`` checks the tables and IoUs bit for bit. Two library functions
-are not torch's: ``sqrt`` (torch on x86 takes MKL's, which can differ in the last bit) only scales the
-1e-9 on-line tolerance, and ``atan2`` (torch: Sleef) only orders corners; they could matter only for
-corners at exactly equal angles (collinear quads, of area and IoU 0) or an IoU within ~1e-16 of the
-threshold.
+half-plane clipping, relative to the same points of the pair, with the same tolerances and the same
+verdict on coincident edges (either copy on the other's line), the same operations in the same order,
+in float64, without fastmath (so no fused multiply-add). The IoU values, hence the kept boxes, are
+those of the torch path; ``tests/unit/test_nms.py`` checks the tables and IoUs bit for bit. Two
+library functions are not torch's: ``sqrt`` (torch on x86 takes MKL's, which can differ in the last
+bit) only scales the 1e-9 on-line tolerance, and ``atan2`` (torch: Sleef) only orders corners; they
+could matter only for corners at exactly equal angles (collinear quads, of area and IoU 0) or an IoU
+within ~1e-16 of the threshold.
 """
 
 from __future__ import annotations
@@ -102,7 +103,6 @@ def quad_tables(q):
             mag += abs(t1) + abs(t2)
         area = 0.5 * area2 if area2 > 1e-10 * mag else 0.0
         thick = area / max(max(x1 - x0, y1 - y0), _TINY)
-        reach = _REL_TOL * thick + 1e-13 * max(max(abs(x0), abs(x1)), max(abs(y0), abs(y1)))
         for c in range(4):
             n = (c + 1) % 4
             ex = gx[n] - gx[c]
@@ -114,7 +114,7 @@ def quad_tables(q):
             t[r, _EX + c] = ex
             t[r, _EY + c] = ey
             t[r, _C + c] = ex * gy[c] - ey * gx[c]
-            t[r, _TOL + c] = reach * math.sqrt(ex * ex + ey * ey)
+            t[r, _TOL + c] = _REL_TOL * thick * math.sqrt(ex * ex + ey * ey)
         t[r, _AREA] = area
         t[r, _X0] = x0
         t[r, _Y0] = y0
@@ -124,27 +124,64 @@ def quad_tables(q):
 
 
 @_jit
-def _part(t, a, b, dedupe):
-    """Shoelace sum of the pieces of quad ``a``'s hull edges inside quad ``b``'s hull (pair_iou's
-    ``part`` for one column); ``dedupe``: drop pieces lying on a same-way edge of ``b``."""
+def _fmax(a, b):
+    """``torch.maximum`` for two floats: NaN if either is."""
+    return a if (a >= b or a != a) else b
+
+
+@_jit
+def _fmin(a, b):
+    """``torch.minimum`` for two floats: NaN if either is."""
+    return a if (a <= b or a != a) else b
+
+
+@_jit
+def _tols(t, q, wx, wy, out):
+    """pair_iou's on-line tolerances of quad ``q``'s 4 hull edges into ``out (4,)``, in a pair whose box
+    is ``wx`` by ``wy``: the table's shape part plus the pair's rounding part."""
+    for k in range(4):
+        out[k] = t[q, _TOL + k] + 1e-13 * (abs(t[q, _EX + k]) * wy + abs(t[q, _EY + k]) * wx)
+
+
+@_jit
+def _sides(t, a, b, s):
+    """``s[h, v]``: pair_iou's ``s`` of quad ``a``'s hull corner ``v`` w.r.t. hull edge ``h`` of quad
+    ``b`` (edge ``k`` runs from corner ``k`` to corner ``k + 1``: its ends' values are ``s[h, k]`` and
+    ``s[h, (k + 1) % 4]``, bit for bit those torch computes for the table's edge starts and ends)."""
+    for h in range(4):
+        ex = t[b, _EX + h]
+        ey = t[b, _EY + h]
+        hx = t[b, _HX + h]
+        hy = t[b, _HY + h]
+        for v in range(4):
+            s[h, v] = ex * (t[a, _HY + v] - hy) - ey * (t[a, _HX + v] - hx)
+
+
+@_jit
+def _part(t, a, b, dedupe, sa, sb, ta, tb, ox, oy):
+    """Shoelace sum, about ``(ox, oy)``, of the pieces of quad ``a``'s hull edges inside quad ``b``'s
+    hull (pair_iou's ``part`` for one column). ``sa``: :func:`_sides` of ``a`` w.r.t. ``b``, ``sb``
+    the other way; ``ta, tb``: the two quads' edge tolerances (:func:`_tols`). An edge coincident with
+    an edge of ``b`` (either lies on the other's line) is not cut by that edge's half-plane; with
+    ``dedupe`` (``a`` is pair_iou's ``j``) it is dropped when the two run the same way."""
     acc = 0.0
     for k in range(4):
-        px0 = t[a, _HX + k]
-        py0 = t[a, _HY + k]
-        px1 = t[a, _NX + k]
-        py1 = t[a, _NY + k]
+        k1 = (k + 1) % 4
         lo = 0.0
         hi = 1.0
         for h in range(4):
-            ex = t[b, _EX + h]
-            ey = t[b, _EY + h]
-            c = t[b, _C + h]
-            tol = t[b, _TOL + h]
-            s0 = (ex * py0 - ey * px0) - c
-            s1 = (ex * py1 - ey * px1) - c
+            tol = tb[h]
+            s0 = sa[h, k]
+            s1 = sa[h, k1]
             ntol = -tol
             in0 = s0 >= ntol
             in1 = s1 >= ntol
+            ta_k = ta[k]
+            h1 = (h + 1) % 4
+            coinc = (((abs(s0) <= tol) & (abs(s1) <= tol))
+                     | ((abs(sb[k, h]) <= ta_k) & (abs(sb[k, h1]) <= ta_k)))
+            in0 = in0 | coinc
+            in1 = in1 | coinc
             if in1 and not in0:
                 lo = max(lo, s0 / (s0 - s1))
             if in1:
@@ -153,20 +190,32 @@ def _part(t, a, b, dedupe):
                 v = s0 / (s0 - s1)
             else:
                 v = 0.0
-            if dedupe and in0 and in1 and max(s0, s1) <= tol:
-                if t[a, _EX + k] * ex + t[a, _EY + k] * ey > 0:
-                    v = 0.0
+            if dedupe and coinc and t[a, _EX + k] * t[b, _EX + h] + t[a, _EY + k] * t[b, _EY + h] > 0:
+                v = 0.0
             hi = min(hi, v)
         frac = max(hi - lo, 0.0)
-        acc += frac * t[a, _C + k]
-    return -acc
+        acc += frac * ((t[a, _HX + k] - ox) * t[a, _EY + k] - (t[a, _HY + k] - oy) * t[a, _EX + k])
+    return acc
 
 
 @_jit
-def pair_iou(t, i, j):
+def pair_iou(t, i, j, s):
     """IoU of quads ``i`` and ``j`` of one table, as ``polygon.pair_iou(tab, [i], [j])`` (the order
-    matters only for edges that coincide: ``i``'s copy counts)."""
-    inter = max(0.5 * (_part(t, i, j, False) + _part(t, j, i, True)), 0.0)
+    matters only for edges that coincide: ``i``'s copy counts); ``s``: scratch, ``np.empty((2, 5, 4))``."""
+    wx = _fmax(t[i, _X1], t[j, _X1]) - _fmin(t[i, _X0], t[j, _X0])
+    wy = _fmax(t[i, _Y1], t[j, _Y1]) - _fmin(t[i, _Y0], t[j, _Y0])
+    si = s[0, :4]
+    sj = s[1, :4]
+    ti = s[0, 4]
+    tj = s[1, 4]
+    _tols(t, i, wx, wy, ti)
+    _tols(t, j, wx, wy, tj)
+    _sides(t, i, j, si)
+    _sides(t, j, i, sj)
+    ox = t[i, _HX]
+    oy = t[i, _HY]
+    inter = max(0.5 * (_part(t, i, j, False, si, sj, ti, tj, ox, oy)
+                       + _part(t, j, i, True, sj, si, tj, ti, ox, oy)), 0.0)
     ai = t[i, _AREA]
     aj = t[j, _AREA]
     small = min(ai, aj)
@@ -180,14 +229,16 @@ def pair_iou(t, i, j):
 def pair_ious(t, i, j):
     """``pair_iou`` over index arrays ``i, j (P,)`` (tests and benchmarks)."""
     out = np.empty(i.shape[0], np.float64)
+    s = np.empty((2, 5, 4))
     for p in range(i.shape[0]):
-        out[p] = pair_iou(t, i[p], j[p])
+        out[p] = pair_iou(t, i[p], j[p], s)
     return out
 
 
 @_jit
-def _suppresses(t, cls, agnostic, k, i, iou, thr):
-    """Does kept box ``k`` suppress candidate ``i`` (``k`` ranks higher)? ``thr``: ``iou`` with slack."""
+def _suppresses(t, cls, agnostic, k, i, iou, thr, s):
+    """Does kept box ``k`` suppress candidate ``i`` (``k`` ranks higher)? ``thr``: ``iou`` with slack;
+    ``s``: pair_iou's scratch."""
     if not agnostic and cls[k] != cls[i]:
         return False
     # nms._candidate_pairs' bound: min(box overlap, areas) / union must reach the threshold
@@ -198,7 +249,7 @@ def _suppresses(t, cls, agnostic, k, i, iou, thr):
     u = min(wx * wy, min(ak, ai))
     if not u >= thr * (ak + ai - u):
         return False
-    return pair_iou(t, k, i) >= iou
+    return pair_iou(t, k, i, s) >= iou
 
 
 # Grid of kept boxes: at most this many cells a side, and a kept box covering more cells than this
@@ -264,6 +315,7 @@ def greedy(quads, cls, iou, agnostic, max_det):
     for c in range(n):
         stamp[c] = -1  # kept box k last compared with candidate stamp[k]
     look = np.empty(cap, np.int64)
+    scratch = np.empty((2, 5, 4))
     ne = nb = nk = 0
     for i in range(n):
         # cells of i's box (rounding is monotonic: overlapping boxes share a cell)
@@ -293,7 +345,7 @@ def greedy(quads, cls, iou, agnostic, max_det):
                         e = nxt[e]
         hit = False
         for m in range(nl):
-            if _suppresses(t, cls, agnostic, look[m], i, iou, thr):
+            if _suppresses(t, cls, agnostic, look[m], i, iou, thr, scratch):
                 hit = True
                 break
         if hit:

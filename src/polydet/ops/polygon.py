@@ -12,7 +12,9 @@ interval per edge (the edge clipped by the other quad's 4 half-planes). So each 
 grid of 8 edges x 4 half-planes of elementwise operations: no sorting, no variable-length polygons,
 no loop over pairs. Per-quad quantities are computed once (quad_tables) and gathered per pair.
 An edge that lies on an edge of the other quad is counted once (A's copy when both run the same way;
-both, cancelling, when they run opposite ways, as for two quads that only touch).
+both, cancelling, when they run opposite ways, as for two quads that only touch); "lies on" is one
+verdict for both copies. The sides and the terms are computed relative to the pair (differences of
+nearby coordinates), so accuracy does not depend on where in the image a pair is.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def _hull_rows(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 _PX = slice(0, 8)  # x of corners 0, 1, 2, 3, then of corners 1, 2, 3, 0 (each edge's start, end)
 _PY = slice(8, 16)  # y of the same
 _EDGE = slice(16, 32)  # edge x (16:20), edge y (20:24), cross(edge, start) (24:28), tolerance (28:32)
+# (cross(edge, start) is in image coordinates and not used by pair_iou, which works relative to the pair)
 _AREA = 32  # hull area, exactly 0 for (near-)collinear quads
 _BOX = slice(33, 37)  # axis-aligned box x0, y0, x1, y1
 
@@ -95,8 +98,8 @@ def quad_tables(q: torch.Tensor) -> torch.Tensor:
     """Per-quad table ``(37, K)`` of ``q (K, 4, 2)`` for :func:`pair_iou` (rows: see ``_PX`` etc.;
     pass a float64 ``q`` for 1e-5 IoU accuracy).
 
-    The side of a point p w.r.t. hull edge k (start h_k, direction e_k) is
-    ``s = cross(e_k, p - h_k) = e_kx * p_y - e_ky * p_x - cross(e_k, h_k)``; ``s >= 0`` is inside.
+    The side of a point p w.r.t. hull edge k (start h_k, direction e_k) is ``s = cross(e_k, p - h_k)``
+    (pair_iou takes it from the differences ``p - h_k``); ``s >= 0`` is inside.
     """
     rows = q.reshape(-1, 8).T  # (8, K): x0, y0, x1, y1, ...
     hx, hy = _hull_rows(rows[0::2], rows[1::2])
@@ -112,11 +115,11 @@ def quad_tables(q: torch.Tensor) -> torch.Tensor:
     # Collinear corners (shapely's hull is then a line, of area 0): the shoelace sum is within rounding
     # of 0, i.e. tiny next to the magnitude of its terms (not next to the size: thin quads keep area).
     area = torch.where(area2 > 1e-10 * (t1.abs() + t2.abs()).sum(0), 0.5 * area2, 0.0)
-    # On-line tolerance as a distance: 1e-9 of the quad's thickness (area / size, so that slivers keep
-    # their shape), plus 1e-13 of the coordinates' magnitude (~1000 ulps: s is a difference of products).
+    # On-line tolerance, shape part: 1e-9 of the quad's thickness (area / size, so that slivers keep
+    # their shape) as a distance, times the edge's length (s is a distance times |e|). The rounding part
+    # depends on both quads of a pair and is added in pair_iou.
     thick = area / (hi - lo).amax(0).clamp(min=torch.finfo(area.dtype).tiny)
-    reach = _REL_TOL * thick + 1e-13 * torch.maximum(lo.abs(), hi.abs()).amax(0)
-    tol = reach * (ex * ex + ey * ey).sqrt()
+    tol = _REL_TOL * thick * (ex * ex + ey * ey).sqrt()
     return torch.cat((hx, nx, hy, ny, ex, ey, c, tol, area[None], lo[:1], lo[1:], hi[:1], hi[1:]))
 
 
@@ -134,24 +137,48 @@ def pair_iou(t: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     """
     n = i.numel()
     own = _cols(t, torch.cat((i, j)))  # (37, 2P): the quads whose edges are clipped
-    clip = _cols(t[_EDGE], torch.cat((j, i)))  # (16, 2P): the clipping quads' edges
-    ex, ey, c, tol = clip.view(4, 4, 1, 2 * n).unbind(0)  # each (4 half-planes, 1, 2P)
-    s = ex * own[_PY] - ey * own[_PX] - c  # (4 half-planes, 8 points, 2P)
-    s0, s1 = s[:, :4], s[:, 4:]  # each edge's start and end
+    clip = _cols(t[:_AREA], torch.cat((j, i)))  # (32, 2P): the clipping quads' corners and edges
+    ex, ey, tol = clip[16:20, None], clip[20:24, None], clip[28:32, None]  # each (4 half-planes, 1, 2P)
+    hx, hy = clip[0:4, None], clip[8:12, None]
+    # Everything relative to the pair, not to the image's origin: s = cross(e, p - h) from the
+    # differences p - h (exact for nearby points, by Sterbenz), and the shoelace terms about a corner
+    # of i (below). In absolute coordinates the products ey * px carry rounding of the coordinates'
+    # magnitude, which swamps slivers thinner than ~1e-8 of it (1e-8 px wide at 100 px).
+    s0 = ex * (own[8:12] - hy) - ey * (own[0:4] - hx)  # (4 half-planes, 4 corners = edge starts, 2P)
+    s1 = s0[:, _NEXT]  # the edge ends: the next edges' starts
+    # Tolerance: the table's shape part plus a rounding part, ~1000 ulps of s's products' size
+    # |ex| * |dy| + |ey| * |dx| (|dx|, |dy| within the pair's box). Per axis: a sliver along an axis
+    # has small products across it, and its nearly collinear edges must not pass for collinear.
+    box = own[_BOX]
+    b0, b1 = torch.minimum(box[:2], box[:2].roll(n, 1)), torch.maximum(box[2:], box[2:].roll(n, 1))
+    wx, wy = (b1 - b0).unbind(0)  # the pair's box
+    tol = tol + 1e-13 * (ex.abs() * wy + ey.abs() * wx)
     ntol = -tol
-    in0, in1 = s0 >= ntol, s1 >= ntol
+    # Nearly collinear edges: an edge of one quad lying on (within the tolerance of) the line of an edge
+    # of the other. The verdict must be the same for both copies, whichever quad's tolerance said so:
+    # judged one copy at a time, a thin quad's edge can be "on" the other's line while the other's edge
+    # (longer, or its tolerance smaller) is "outside" it, and a long boundary edge is counted twice or
+    # not at all. So the pair (i's edge k, j's edge h) is coincident when either copy is on the other's
+    # line; then neither copy is cut by the other's half-plane, and j's copy is dropped when they run
+    # the same way (the same boundary; i's copy counts), kept when they run opposite ways (quads that
+    # only touch there: both count and cancel).
+    on = s0.abs() <= tol  # [clipping half-plane, own corner, column]
+    near = on & on[:, _NEXT]  # [clipping half-plane, own edge, column]
+    b = slice(n, None)
+    coincident = near[..., b] | near[..., :n].transpose(0, 1)  # [i's edge k, j's edge h, pair]
+    force = torch.cat((coincident.transpose(0, 1), coincident), 2)
+    in0, in1 = (s0 >= ntol) | force, (s1 >= ntol) | force
     # The tolerance only classifies end points; a true crossing's parameter is exact.
     cut = s0 / (s0 - s1)  # only read where exactly one end is inside, so never 0/0
     lo = torch.where(in1 & ~in0, cut, 0.0).amax(0)  # (4 edges, 2P)
     hi = torch.where(in1, 1.0, torch.where(in0, cut, 0.0))
-    # An edge of j lying on an edge of i that runs the same way is the same boundary: count i's copy
-    # only. (Opposite ways, as for quads that merely touch, both count and cancel.)
-    b = slice(n, None)
     same_way = own[None, 16:20, b] * ex[..., b] + own[None, 20:24, b] * ey[..., b] > 0
-    on = in0[..., b] & in1[..., b] & (torch.maximum(s0[..., b], s1[..., b]) <= tol[..., b]) & same_way
-    hi[..., b].masked_fill_(on, 0.0)
+    hi[..., b].masked_fill_(coincident & same_way, 0.0)
     frac = (hi.amin(0) - lo).clamp(min=0)
-    part = -(frac * own[24:28]).sum(0)  # edge k's shoelace term cross(h_k, e_k) is -cross(e_k, h_k)
+    # edge k's shoelace term about i's corner 0 (o): cross(h_k - o, e_k)
+    ox, oy = own[0, :n].repeat(2), own[8, :n].repeat(2)
+    term = (own[0:4] - ox) * own[20:24] - (own[8:12] - oy) * own[16:20]
+    part = (frac * term).sum(0)
     inter = (0.5 * (part[:n] + part[n:])).clamp(min=0)
     ai, aj = own[_AREA, :n], own[_AREA, n:]
     small = torch.minimum(ai, aj)
