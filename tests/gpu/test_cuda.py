@@ -115,3 +115,31 @@ def test_trained_weights_export_on_cuda_passes_parity(tmp_path):
     assert TOLERANCES["fp32"]["corners_px"] < diff["corners_px"] <= TOLERANCES["tf32"]["corners_px"]
     assert diff["scores"] <= TOLERANCES["tf32"]["scores"]
     assert torch.backends.cudnn.allow_tf32  # restored after the check
+
+
+def test_sliver_iou_same_on_cpu_and_cuda():
+    """The nearly-collinear-edge case fixed in pair_iou (tests/unit/test_polygon.py, exact IoU 0.7989877281)
+    and float32 needles 1/1024 .. 1/8 px wide: CUDA gives the CPU's values (the same torch code)."""
+    from polydet.ops import polygon_iou
+
+    sliver = torch.tensor([(0.0, 0.0), (0.0009765625, -47.5947265625), (0.0, 0.0), (0.0, 0.0009765625)],
+                          dtype=torch.float64)
+    b = (sliver[1] + 0.8940653925659252 * (sliver - sliver[1])).float().double()
+    for x, y in ((sliver, b), (b, sliver)):
+        assert abs(float(polygon_iou(x[None].cuda(), y[None].cuda())) - 0.7989877281) <= 1e-5
+    g = torch.Generator().manual_seed(3)
+    n = 400
+    width = 2.0 ** -torch.randint(3, 11, (n, 1), generator=g).double()
+    length = 5 + 55 * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    ang = 2 * torch.pi * torch.rand(n, 1, generator=g, dtype=torch.float64)
+    u = torch.cat((ang.cos(), ang.sin()), 1)[:, None]  # along
+    v = torch.cat((-ang.sin(), ang.cos()), 1)[:, None]  # across
+    s = torch.tensor([[0.0, 0], [1, 0], [1, 1], [0, 1]], dtype=torch.float64)
+    a = (100 * torch.rand(n, 1, 2, generator=g, dtype=torch.float64) + s[..., :1] * length[:, None] * u
+         + s[..., 1:] * width[:, None] * v).float()
+    scale = 0.5 + 0.5 * torch.rand(n, 1, 1, generator=g, dtype=torch.float64)
+    bb = (a[:, :1].double() + scale * (a.double() - a[:, :1].double())).float()
+    cpu, gpu = polygon_iou(a, bb).diagonal(), polygon_iou(a.cuda(), bb.cuda()).diagonal().cpu()
+    torch.testing.assert_close(gpu, cpu, atol=1e-6, rtol=0)
+    # b is a inside-copy scaled about a's corner: IoU = scale^2 up to the float32 rounding of thin needles
+    assert float((cpu.double() - scale.view(-1) ** 2).abs().max()) < 0.01
