@@ -213,29 +213,36 @@ def _load_child(url, token, threads, seconds, sizes, model, ready, start, result
     results.put({**r, "cpu_s": sum(me.cpu_times()[:2]) - cpu0})
 
 
-def multi_closed_loop(url: str, token: str | None, concurrency: int, seconds: float, procs: int,
-                      sizes=(320, 640, 1024, 1600), model: str = "polydet") -> dict:
-    """closed_loop REST clients spread over ``procs`` processes (one Python process cannot drive
-    hundreds of clients past its GIL); results merged as if from one."""
+def run_together(target, arg_tuples, ready_timeout: float, result_timeout: float) -> list:
+    """One spawned process per tuple, called as ``target(*args, ready, start, results)``: each puts on
+    ``ready`` when set up, all start when ``start`` is set, each puts one result on ``results``.
+    Returns the results (in arrival order); processes still alive afterwards are killed."""
     import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("spawn")  # a clean interpreter (and torch) in each child
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
-    per = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
-    ps = [ctx.Process(target=_load_child, args=(url, token, n, seconds, tuple(sizes), model, ready, start, results),
-                      daemon=True) for n in per if n]
+    ps = [ctx.Process(target=target, args=(*args, ready, start, results), daemon=True) for args in arg_tuples]
     for p in ps:
         p.start()
     try:
         for _ in ps:
-            ready.get(timeout=120)
+            ready.get(timeout=ready_timeout)
         start.set()
-        got = [results.get(timeout=seconds + 300) for _ in ps]
+        return [results.get(timeout=result_timeout) for _ in ps]
     finally:
         for p in ps:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
+
+
+def multi_closed_loop(url: str, token: str | None, concurrency: int, seconds: float, procs: int,
+                      sizes=(320, 640, 1024, 1600), model: str = "polydet") -> dict:
+    """closed_loop REST clients spread over ``procs`` processes (one Python process cannot drive
+    hundreds of clients past its GIL); results merged as if from one."""
+    per = [concurrency // procs + (k < concurrency % procs) for k in range(procs)]
+    got = run_together(_load_child, [(url, token, n, seconds, tuple(sizes), model) for n in per if n],
+                       ready_timeout=120, result_timeout=seconds + 300)
     lat = [x for g in got for x in g["latencies"]]
     return {"clients": concurrency, "requests": len(lat), "failures": sum(g["failures"] for g in got),
             "req_per_s": sum(g["req_per_s"] for g in got), **percentiles(lat),

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from .common import (closed_loop, grpc_caller, percentiles, rest_caller, sample_jpegs, table, weights_or_random,
-                     write_csv)
+from .common import (closed_loop, grpc_caller, percentiles, rest_caller, run_together, sample_jpegs, table,
+                     weights_or_random, write_csv)
 from .serve import ServerProbe, ServeSettings, build_store, served, warm_up
 
 SIZES = (320, 640, 1024, 1600)  # long sides of the JPEG pool (the locust pool too)
@@ -92,22 +91,9 @@ def _child(artifact, threads, batch, seconds, conf, mode, ready, start, results)
 def in_process(artifact, procs: int, threads: int, batch: int, seconds: float, conf: float,
                mode: str = "ours") -> dict:
     """``procs`` processes run the pipeline on batches for ``seconds`` -> img/s, latency, CPU per image."""
-    ctx = mp.get_context("spawn")  # a clean torch in each child, with its own thread count
-    ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
-    ps = [ctx.Process(target=_child, args=(str(artifact), threads, batch, seconds, conf, mode, ready, start,
-                                           results), daemon=True) for _ in range(procs)]
-    for p in ps:
-        p.start()
-    try:
-        for _ in ps:
-            ready.get(timeout=300)
-        start.set()
-        got = [results.get(timeout=seconds + 600) for _ in ps]
-    finally:
-        for p in ps:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+    # spawned children: a clean torch in each, with its own thread count
+    got = run_together(_child, [(str(artifact), threads, batch, seconds, conf, mode)] * procs,
+                       ready_timeout=300, result_timeout=seconds + 600)
     images = sum(g["images"] for g in got)
     lat = [x for g in got for x in g["lat"]]
     return {"img_per_s": images / max(g["elapsed"] for g in got), "requests": images, "failures": 0,
