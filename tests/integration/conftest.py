@@ -5,7 +5,6 @@ per test module on free loopback ports with its own TMPDIR and start folder, sto
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from serving_helpers import REPO, encode, page_image
+
+from polydet.serving.server import missing_prerequisite
 
 ARCHIVER = Path(sys.executable).with_name("torch-model-archiver")
 
@@ -29,21 +30,13 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-def _have_torchserve() -> str | None:
-    if not Path(sys.executable).with_name("torchserve").exists() and not shutil.which("torchserve"):
-        return "torchserve is not installed (pip install 'polydet[serve]')"
-    if not shutil.which("java"):
-        return "java is not installed (TorchServe's frontend needs Java 17+)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
     """A model store with polydet.mar (TorchScript, 1.0), polydet_onnx.mar and polydet_v2.mar (2.0).
 
     Built by archive.sh from the bundled weights when weights/ has them, else from random weights.
     """
-    reason = _have_torchserve()
+    reason = missing_prerequisite()
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("archives")

@@ -23,6 +23,8 @@ from serving_helpers import REPO  # noqa: E402
 from bad_inputs import MAX_PIXELS  # noqa: E402
 from reliability_helpers import start_server  # noqa: E402
 
+from polydet.serving.server import missing_prerequisite  # noqa: E402
+
 ARCHIVER = Path(sys.executable).with_name("torch-model-archiver")
 
 # One worker (archive.sh ships two; test_faults scales to two where that matters) with batchSize 4 and a
@@ -39,20 +41,10 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-def _skip_reason() -> str | None:
-    import shutil
-
-    if not Path(sys.executable).with_name("torchserve").exists() and not shutil.which("torchserve"):
-        return "torchserve is not installed (pip install 'polydet[serve]')"
-    if not shutil.which("java"):
-        return "java is not installed (TorchServe's frontend needs Java 17+)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> Path:
     """polydet.mar (1.0, max_pixels 4 MP) and polydet_v2.mar (2.0, same artifact), built by archive.sh."""
-    reason = _skip_reason()
+    reason = missing_prerequisite()
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("rel_archives")

@@ -146,6 +146,17 @@ def _torchserve_exe() -> str:
     return found
 
 
+def missing_prerequisite() -> str | None:
+    """Why TorchServe cannot start on this machine (no torchserve, no Java), or None: a skip reason."""
+    try:
+        _torchserve_exe()
+    except ServerError as e:
+        return str(e)
+    if not shutil.which("java"):
+        return "java is not installed (TorchServe's frontend needs Java 17+)"
+    return None
+
+
 class TorchServe:
     """One TorchServe instance.
 
