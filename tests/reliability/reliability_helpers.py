@@ -48,12 +48,13 @@ def worker(ts, model: str = "polydet") -> dict:
     return w
 
 
-def wait_workers(ts, n: int, gone: set[int] = frozenset(), timeout: float = 120.0) -> list[dict]:
-    """Wait until ``n`` workers are READY and none of them has a pid in ``gone``."""
+def wait_workers(ts, n: int, gone: set[int] = frozenset(), timeout: float = 120.0,
+                 model: str = "polydet") -> list[dict]:
+    """Wait until ``n`` workers of ``model`` are READY and none of them has a pid in ``gone``."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            ws = workers(ts)
+            ws = workers(ts, model)
             if len(ws) == n and all(w["status"] == "READY" and w["pid"] not in gone for w in ws):
                 return ws
         except Exception:  # noqa: BLE001 - the model may be between workers
