@@ -2,10 +2,10 @@
 
 initialize: the archive's serialized file picks the backend (.pt/.torchscript, .onnx, .engine), gpu_id
 the device (CPU when None), the ``handler:`` section of model-config.yaml the thresholds (unknown keys
-fail the load); the NMS kernel is loaded there too (Detector.warmup). handle: one answer per request;
-a bad request gets its own 4xx status and a JSON body ``{"error", "code"}`` (also over gRPC, which
-ignores per-request statuses), the rest of the batch is answered normally. Request formats: see
-polydet.serving.handling.
+fail the load); the NMS kernel is loaded and the model run on blank batches there too (Detector.warmup,
+``handler.warmup``). handle: one answer per request; a bad request gets its own 4xx status and a JSON
+body ``{"error", "code"}`` (also over gRPC, which ignores per-request statuses), the rest of the batch is
+answered normally. Request formats: see polydet.serving.handling.
 
 TorchServe requires exactly one class in this module (and no module-level ``handle``).
 """
@@ -43,10 +43,16 @@ class PolydetHandler:
         # compiled here, while the worker starts, not on the first request).
         detector = Detector.from_artifact(artifact, device=device, options=config.options(),
                                           max_pixels=config.max_pixels)
+        warm = ""
+        if config.warmup:  # TorchScript's first calls profile the graph: pay them here, not on requests
+            sizes = (1, 1, max(1, int(props.get("batch_size") or 1)))
+            t0 = time.perf_counter()
+            detector.warmup(sizes)
+            warm = f", warmed up at batch {sizes} in {time.perf_counter() - t0:.2f} s"
         self.answerer = BatchAnswerer(detector, config)
         self.initialized = True
-        log.info("polydet: %s on %s, classes %s, imgsz %d, NMS %s, %s", os.path.basename(artifact), device,
-                 detector.info.names, detector.info.imgsz, detector.nms_backend, config)
+        log.info("polydet: %s on %s, classes %s, imgsz %d, NMS %s%s, %s", os.path.basename(artifact), device,
+                 detector.info.names, detector.info.imgsz, detector.nms_backend, warm, config)
 
     def handle(self, data, context):
         t0 = time.perf_counter()

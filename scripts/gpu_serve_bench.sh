@@ -6,6 +6,7 @@
 #                                                       # (same CPU-exported artifact), .whl/jdk, .whl/ts
 #   device run 1:  bash scripts/gpu_serve_bench.sh 1    # carry .whl/jdk build/gpu: Java into /tmp, the
 #                                                       # store into /tmp, model-only throughput variants
+#                                                       # (SKIP_MODEL=1: Java and the store only)
 #   device run 2:  bash scripts/gpu_serve_bench.sh 2    # carry .whl/ts: TorchServe into /tmp, the in-process
 #                                                       # pipeline (CPU vs GPU decode), then the served load test
 # Results go to $OUT (the device tool brings them back) and are copied into benchmarks/results/gpu_*.
@@ -46,6 +47,8 @@ case "$STEP" in
     install_wheels .whl/jdk /tmp/site_jdk || exit 1
     rm -rf /tmp/gpu_store && cp -r build/gpu/model_store /tmp/gpu_store
     export PYTHONPATH="$ROOT/src"
+    # SKIP_MODEL=1: only Java and the store (to re-run step 2 alone)
+    [ "${SKIP_MODEL:-0}" = 1 ] && { ls /tmp/site_jdk /tmp/gpu_store; exit 0; }
     # The fp16 target: the baseline sweep at 224 next to the variants tried for it, in one run.
     timeout 420 python3 benchmarks/gpu_model_throughput.py --sizes 224 --precisions fp16 --batches 256,1024,2048 \
       --variants torchscript,torchscript_cl,eager_cl,eager_cl_graph --json "$OUT/gpu_model_variants.json" \

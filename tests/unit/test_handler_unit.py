@@ -99,6 +99,37 @@ def test_initialize_loads_the_nms_kernel_before_the_first_request(tmp_path, arti
     assert any("NMS numba" in m for m in caplog.messages if m.startswith("polydet: "))
 
 
+@pytest.mark.parametrize("section, want", [(None, [1, 1, 3]), ({"warmup": False}, [])])
+def test_initialize_runs_the_model_on_blank_batches_unless_told_not_to(tmp_path, artifacts, monkeypatch, caplog,
+                                                                        section, want):
+    """The first TorchScript calls profile the graph (several times slower): the worker pays them while it
+    starts, at batch 1, 1 and the archive's batchSize, through the real pipeline."""
+    seen = []
+    real = Detector.detect
+
+    def spy(self, images, *a, **kw):
+        seen.append(len(images))
+        return real(self, images, *a, **kw)
+
+    monkeypatch.setattr(Detector, "detect", spy)
+    handler = load_handler_module().PolydetHandler()
+    with caplog.at_level(logging.INFO):
+        handler.initialize(make_context(tmp_path, artifacts["torchscript"], section, batch=3))
+    assert seen == want
+    (line,) = [m for m in caplog.messages if m.startswith("polydet: ")]
+    assert ("warmed up at batch (1, 1, 3)" in line) == bool(want), line
+    assert handler.answerer.detector.last_timings == {}  # the warm-up leaves no stage times to report
+    start_batch(handler_ctx := make_context(tmp_path, artifacts["torchscript"], section, batch=3), 1)
+    (out,) = handler.handle([{"body": jpeg()}], handler_ctx)
+    assert set(json.loads(out)) == {"width", "height", "detections"}
+
+
+def test_handler_config_warmup_must_be_a_bool():
+    assert HandlerConfig.from_yaml_section({"warmup": False}).warmup is False
+    with pytest.raises(ConfigError, match="warmup"):
+        HandlerConfig.from_yaml_section({"warmup": "no"})
+
+
 def test_parse_request_forms():
     img = jpeg()
     assert parse_request({"body": bytearray(img)}).image == img  # raw REST body

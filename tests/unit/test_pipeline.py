@@ -267,3 +267,15 @@ def test_bundled_model_detections_are_identical_on_both_nms_paths(monkeypatch):
     assert sum(len(r["detections"]) for r in results["torch"][1]) > 30
     for got, want in zip(rows["numba"], rows["torch"]):
         assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_warmup_runs_the_pipeline_on_blank_images_at_the_given_batch_sizes():
+    backend = FixedBackend(ROWS)
+    det = Detector(backend)
+    assert backend.seen == []  # building a Detector loads NMS only
+    assert det.warmup((1, 1, 4)) == det.nms_backend
+    assert backend.seen == [(1, 3, 224, 224), (1, 3, 224, 224), (4, 3, 224, 224)]
+    assert det.last_timings == {}
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive integers"):
+            det.warmup((bad,))

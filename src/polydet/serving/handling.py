@@ -48,6 +48,9 @@ class HandlerConfig:
     # worker per core, 1 avoids oversubscription (measured in BENCHMARKS.md: 2 threads per worker on
     # 2 shared cores cost up to 10x throughput).
     torch_threads: int | None = None
+    # run the model at batch 1, 1 and batchSize on blank images while the worker starts, so the first
+    # requests do not pay TorchScript's profiling runs (Detector.warmup: ~0.3 s once per worker here)
+    warmup: bool = True
 
     @classmethod
     def from_yaml_section(cls, section) -> "HandlerConfig":
@@ -67,6 +70,8 @@ class HandlerConfig:
         threads = section.get("torch_threads")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"model-config.yaml: handler.torch_threads must be a positive integer, got {threads!r}")
+        if not isinstance(section.get("warmup", True), bool):
+            raise ConfigError(f"model-config.yaml: handler.warmup must be true or false, got {section['warmup']!r}")
         if not 1 <= section.get("dewarp_jpeg_quality", 90) <= 100:
             raise ConfigError("model-config.yaml: handler.dewarp_jpeg_quality must be in [1, 100]")
         cfg = cls(**section)
