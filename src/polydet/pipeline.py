@@ -74,6 +74,7 @@ class Detector:
         self.max_pixels = max_pixels
         self.last_timings: dict[str, float] = {}
         self.nms_backend: str | None = None  # the NMS path found by warmup(): "numba" or "torch"
+        self._nms_on_cpu = False  # predictions on a GPU are copied to the CPU for the numba kernel
         if warmup:
             self.warmup()
 
@@ -89,8 +90,7 @@ class Detector:
         executor (on this CPU at 224: ~200 and ~75 ms vs ~22 ms after) and a new batch size costs ~30 ms
         once more; the TorchServe handler warms with (1, 1, batchSize) while its worker starts.
         """
-        device = getattr(self.backend, "output_device", None) or self.device
-        self.nms_backend = nms_warmup(device, torch.float32)  # every backend returns float32 predictions
+        self._warm_nms()
         if batch_sizes:
             blank = np.full((self.info.imgsz, self.info.imgsz, 3), 114, dtype=np.uint8)
             for n in batch_sizes:
@@ -99,6 +99,18 @@ class Detector:
                 self.detect([blank] * n, rgb=True)
             self.last_timings = {}
         return self.nms_backend
+
+    def _warm_nms(self) -> None:
+        device = torch.device(getattr(self.backend, "output_device", None) or self.device)
+        if device.type == "cpu":
+            self.nms_backend = nms_warmup(device, torch.float32)  # every backend returns float32 predictions
+            self._nms_on_cpu = False
+        else:
+            # Predictions on a GPU: one copy of B x N x (9+nc) floats to the CPU and the numba kernel there
+            # beat the torch path on the GPU (its per-image loop of small kernels; BENCHMARKS.md, H100),
+            # unless $POLYDET_NMS=torch or numba cannot load: then the torch path, on the GPU.
+            self.nms_backend = nms_warmup("cpu", torch.float32)
+            self._nms_on_cpu = self.nms_backend == "numba"
 
     @classmethod
     def from_artifact(cls, path: str | Path, device: str | torch.device = "cpu", half: bool = False,
@@ -161,6 +173,10 @@ class Detector:
 
     def postprocess(self, pred: torch.Tensor, prepared: list, opts: list[DetectOptions]) -> list[dict]:
         names = self.info.names
+        if self.nms_backend is None:  # built with warmup=False: decide now, once
+            self._warm_nms()
+        if self._nms_on_cpu and pred.device.type != "cpu":
+            pred = pred.cpu()
         results = []
         same = all(o == opts[0] for o in opts)
         kept_all = self._nms(pred, opts[0]) if same else None

@@ -143,3 +143,37 @@ def test_sliver_iou_same_on_cpu_and_cuda():
     torch.testing.assert_close(gpu, cpu, atol=1e-6, rtol=0)
     # b is a inside-copy scaled about a's corner: IoU = scale^2 up to the float32 rounding of thin needles
     assert float((cpu.double() - scale.view(-1) ** 2).abs().max()) < 0.01
+
+
+def test_detector_on_cuda_runs_nms_where_polydet_nms_says(monkeypatch, tmp_path):
+    """CUDA predictions: copied to the CPU for the numba kernel where numba loads (the default), on the GPU
+    with POLYDET_NMS=torch; the same detections either way."""
+    from polydet.ops import nms
+    from polydet.pipeline import DetectOptions, Detector
+
+    path, _ = export("random", "torchscript", out=tmp_path / "m.torchscript")
+    images = [np.random.default_rng(i).integers(0, 255, (300 + 40 * i, 400, 3), dtype=np.uint8) for i in range(3)]
+    low = DetectOptions(conf=0.001, max_det=50)
+    seen = []
+    real = nms.polygon_nms
+
+    def spy(pred, *a, **kw):
+        seen.append(pred.device.type)
+        return real(pred, *a, **kw)
+
+    monkeypatch.setattr("polydet.pipeline.polygon_nms", spy)
+    results = {}
+    for name in ("auto", "torch"):
+        monkeypatch.setenv("POLYDET_NMS", name)
+        det = Detector.from_artifact(path, device="cuda")
+        seen.clear()
+        results[name] = det.detect(images, low)
+        want = "cpu" if det.nms_backend == "numba" else "cuda"
+        assert seen and set(seen) == {want}, (name, det.nms_backend, seen)
+        print(f"POLYDET_NMS={name}: NMS {det.nms_backend} on {want}")
+    assert sum(len(r["detections"]) for r in results["torch"]) > 0
+    for a, b in zip(results["auto"], results["torch"]):
+        assert [d["class_id"] for d in a["detections"]] == [d["class_id"] for d in b["detections"]]
+        for da, db in zip(a["detections"], b["detections"]):
+            assert abs(da["score"] - db["score"]) < 1e-4
+            assert np.abs(np.array(da["polygon"]) - np.array(db["polygon"])).max() < 1e-2

@@ -201,3 +201,26 @@ def test_bench_serve_locust_against_stub(tmp_path):
     html = (tmp_path / "lt" / "restuser_u2.html").read_text()
     assert "REST 320px" in html and "REST 640px" in html  # locust's report, one line per image size
     assert (tmp_path / "lt" / "restuser_u2_stats.csv").exists()
+
+
+def test_the_naive_baseline_finds_what_the_pipeline_finds_and_answers_plain_json():
+    """The seeds' way (PIL, one image, shapely NMS) on the bundled weights: the same detection as the pipeline
+    on a sample (letterbox differs: PIL centred vs cv2, so a few px), and a body json.dumps can write, as
+    benchmarks/naive_handler.py does (it did not: numpy float32 corners, found on the GPU run)."""
+    from polydet.backends import load_backend
+    from polydet.bench.naive import NaiveDetector
+    from polydet.pipeline import Detector
+
+    repo = Path(__file__).resolve().parents[2]
+    weights = repo / "weights" / "polydet_main_area.pt"
+    if not weights.is_file():
+        pytest.skip("bundled weights not in this checkout")
+    backend = load_backend(weights)
+    body = (repo / "examples" / "sample_0.jpg").read_bytes()
+    naive = json.loads(json.dumps(NaiveDetector(backend).detect_one(body)))
+    ours = Detector(backend).detect([body])[0]
+    assert (naive["width"], naive["height"]) == (ours["width"], ours["height"])
+    assert [d["class_name"] for d in naive["detections"]] == [d["class_name"] for d in ours["detections"]] != []
+    for a, b in zip(naive["detections"], ours["detections"]):
+        assert abs(a["score"] - b["score"]) < 0.05
+        assert max(abs(p - q) for pa, pb in zip(a["polygon"], b["polygon"]) for p, q in zip(pa, pb)) < 8

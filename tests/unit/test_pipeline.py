@@ -210,8 +210,33 @@ def test_warmup_uses_the_device_of_the_predictions(monkeypatch):
 
     on_gpu, cpu_out = FixedBackend(ROWS), CpuOutputs(ROWS)
     on_gpu.device = cpu_out.device = torch.device("meta")  # stands in for CUDA here
-    assert Detector(on_gpu).nms_backend == "torch"  # predictions on the GPU: the torch path
-    assert Detector(cpu_out).nms_backend == nms_module.resolve_backend(None, torch.zeros(1, 1, 10))
+    on_cpu = nms_module.resolve_backend(None, torch.zeros(1, 1, 10))  # "numba" where numba loads
+    # predictions on the GPU: copied to the CPU for the numba kernel where it loads, else the torch path there
+    det = Detector(on_gpu)
+    assert (det.nms_backend, det._nms_on_cpu) == (on_cpu, on_cpu == "numba")
+    det = Detector(cpu_out)
+    assert (det.nms_backend, det._nms_on_cpu) == (on_cpu, False)  # already on the CPU: nothing to copy
+    monkeypatch.setenv("POLYDET_NMS", "torch")
+    det = Detector(on_gpu)
+    assert (det.nms_backend, det._nms_on_cpu) == ("torch", False)  # asked for: the torch path, on the GPU
+
+
+@needs_numba
+def test_a_detector_built_without_warmup_decides_the_nms_path_on_its_first_detect(monkeypatch):
+    """Predictions reported off the CPU (the copy itself is checked on CUDA in tests/gpu): decided on the
+    first detect, and the same detections as the torch path."""
+    monkeypatch.delenv("POLYDET_NMS", raising=False)
+
+    class OffCpu(FixedBackend):
+        output_device = torch.device("meta")
+
+    det = Detector(OffCpu(ROWS), warmup=False)
+    assert det.nms_backend is None
+    image = np.zeros((224, 224, 3), np.uint8)
+    got = det.detect([image])
+    assert (det.nms_backend, det._nms_on_cpu) == ("numba", True) and len(got[0]["detections"]) == 2
+    monkeypatch.setenv("POLYDET_NMS", "torch")
+    assert Detector(OffCpu(ROWS)).detect([image]) == got
 
 
 _FRESH_WORKER = """

@@ -35,7 +35,8 @@ class NaiveDetector:
         dets, _ = shapely_nms(pred, conf=self.conf, iou=self.iou, max_det=self.max_det)
         out = []
         for row in dets[0]:
-            poly = [[min(max((row[2 * k] - left) / r, 0), w), min(max((row[2 * k + 1] - top) / r, 0), h)]
+            # plain floats: the served naive handler json.dumps this (numpy float32 is not serializable)
+            poly = [[float(min(max((row[2 * k] - left) / r, 0), w)), float(min(max((row[2 * k + 1] - top) / r, 0), h))]
                     for k in range(4)]
             out.append({"class_id": int(row[9]), "class_name": self.names[int(row[9])], "score": float(row[8]),
                         "polygon": poly})
