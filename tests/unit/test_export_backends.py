@@ -38,6 +38,20 @@ def test_dynamic_onnx_runs_other_shapes(artifacts):
     assert b(torch.rand(2, 3, 320, 160)).shape == (2, 3 * (40 * 20 + 20 * 10 + 10 * 5), 11)
 
 
+def test_onnx_runtime_threads_follow_torch_unless_given(artifacts):
+    """One setting sizes both runtimes: the handler's torch_threads (torch.set_num_threads) also caps ONNX
+    Runtime's intra-op pool; ONNX Runtime's own default (one thread per core) oversubscribed a 2-worker box."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        b = load_backend(artifacts["onnx"])
+        assert b.threads == 1 and b.session.get_session_options().intra_op_num_threads == 1
+        b = load_backend(artifacts["onnx"], threads=2)
+        assert b.threads == 2 and b.session.get_session_options().intra_op_num_threads == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_onnx_graph_has_no_scatternd(artifacts):
     ops = {n.op_type for n in onnx.load(str(artifacts["onnx"])).graph.node}
     assert "ScatterND" not in ops and "Conv" in ops and "BatchNormalization" not in ops  # fused

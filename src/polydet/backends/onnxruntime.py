@@ -13,11 +13,14 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path, device="cpu", half=False, threads: int | None = None):
+        """``threads``: ONNX Runtime's intra-op threads; None = torch's (``torch.get_num_threads()``), so one
+        setting (``torch.set_num_threads``, the handler's ``torch_threads``) sizes both runtimes. Left to
+        ONNX Runtime's own default, every TorchServe worker would run one thread per core."""
         super().__init__(path, device, half)
         ort = require("onnxruntime", "onnxruntime", extra="onnx")
         opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+        self.threads = int(threads) if threads else torch.get_num_threads()
+        opts.intra_op_num_threads = self.threads
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
