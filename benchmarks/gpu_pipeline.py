@@ -114,8 +114,8 @@ def main(argv=None) -> int:
             a = det.detect(jpegs[:8])
             x, prep = gpu_prepare(det, jpegs[:8])
             b = det.postprocess(det.backend(x), prep, [det.options] * 8)
-            print(f"NMS {nms} -> {det.nms_backend} (on the {'CPU' if det._nms_on_cpu else 'GPU'}); detections "
-                  "cpu-decode / gpu-decode on 8 images:", [len(r["detections"]) for r in a],
+            label = f"{nms} ({det.nms_backend}, {'cpu' if det.nms_on_cpu else 'gpu'})"
+            print(f"NMS {label}; detections cpu-decode / gpu-decode on 8 images:", [len(r["detections"]) for r in a],
                   [len(r["detections"]) for r in b], flush=True)
             for batch in [int(v) for v in args.batches.split(",")]:
                 for key, way, use_pool in (("cpu-decode", "cpu-decode", None),
@@ -124,8 +124,7 @@ def main(argv=None) -> int:
                     if key not in ways:
                         continue
                     run_way(det, way, jpegs, batch, 1.0, use_pool)  # warm-up (cudnn autotune, nvJPEG init)
-                    rows.append({"nms": f"{nms} ({det.nms_backend}, {'cpu' if det._nms_on_cpu else 'gpu'})",
-                                 **run_way(det, way, jpegs, batch, args.seconds, use_pool)})
+                    rows.append({"nms": label, **run_way(det, way, jpegs, batch, args.seconds, use_pool)})
                     print(rows[-1], flush=True)
                     if args.json_out:
                         Path(args.json_out).write_text(json.dumps(rows, indent=1))

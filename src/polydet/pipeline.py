@@ -74,7 +74,7 @@ class Detector:
         self.max_pixels = max_pixels
         self.last_timings: dict[str, float] = {}
         self.nms_backend: str | None = None  # the NMS path found by warmup(): "numba" or "torch"
-        self._nms_on_cpu = False  # predictions on a GPU are copied to the CPU for the numba kernel
+        self.nms_on_cpu = False  # predictions on a GPU are copied to the CPU for the numba kernel
         if warmup:
             self.warmup()
 
@@ -104,13 +104,13 @@ class Detector:
         device = torch.device(getattr(self.backend, "output_device", None) or self.device)
         if device.type == "cpu":
             self.nms_backend = nms_warmup(device, torch.float32)  # every backend returns float32 predictions
-            self._nms_on_cpu = False
+            self.nms_on_cpu = False
         else:
             # Predictions on a GPU: one copy of B x N x (9+nc) floats to the CPU and the numba kernel there
             # beat the torch path on the GPU (its per-image loop of small kernels; BENCHMARKS.md, H100),
             # unless $POLYDET_NMS=torch or numba cannot load: then the torch path, on the GPU.
             self.nms_backend = nms_warmup("cpu", torch.float32)
-            self._nms_on_cpu = self.nms_backend == "numba"
+            self.nms_on_cpu = self.nms_backend == "numba"
 
     @classmethod
     def from_artifact(cls, path: str | Path, device: str | torch.device = "cpu", half: bool = False,
@@ -175,7 +175,7 @@ class Detector:
         names = self.info.names
         if self.nms_backend is None:  # built with warmup=False: decide now, once
             self._warm_nms()
-        if self._nms_on_cpu and pred.device.type != "cpu":
+        if self.nms_on_cpu and pred.device.type != "cpu":
             pred = pred.cpu()
         results = []
         same = all(o == opts[0] for o in opts)

@@ -213,12 +213,12 @@ def test_warmup_uses_the_device_of_the_predictions(monkeypatch):
     on_cpu = nms_module.resolve_backend(None, torch.zeros(1, 1, 10))  # "numba" where numba loads
     # predictions on the GPU: copied to the CPU for the numba kernel where it loads, else the torch path there
     det = Detector(on_gpu)
-    assert (det.nms_backend, det._nms_on_cpu) == (on_cpu, on_cpu == "numba")
+    assert (det.nms_backend, det.nms_on_cpu) == (on_cpu, on_cpu == "numba")
     det = Detector(cpu_out)
-    assert (det.nms_backend, det._nms_on_cpu) == (on_cpu, False)  # already on the CPU: nothing to copy
+    assert (det.nms_backend, det.nms_on_cpu) == (on_cpu, False)  # already on the CPU: nothing to copy
     monkeypatch.setenv("POLYDET_NMS", "torch")
     det = Detector(on_gpu)
-    assert (det.nms_backend, det._nms_on_cpu) == ("torch", False)  # asked for: the torch path, on the GPU
+    assert (det.nms_backend, det.nms_on_cpu) == ("torch", False)  # asked for: the torch path, on the GPU
 
 
 @needs_numba
@@ -234,7 +234,7 @@ def test_a_detector_built_without_warmup_decides_the_nms_path_on_its_first_detec
     assert det.nms_backend is None
     image = np.zeros((224, 224, 3), np.uint8)
     got = det.detect([image])
-    assert (det.nms_backend, det._nms_on_cpu) == ("numba", True) and len(got[0]["detections"]) == 2
+    assert (det.nms_backend, det.nms_on_cpu) == ("numba", True) and len(got[0]["detections"]) == 2
     monkeypatch.setenv("POLYDET_NMS", "torch")
     assert Detector(OffCpu(ROWS)).detect([image]) == got
 
