@@ -46,9 +46,10 @@ RUN python3 -m venv /tmp/wheel-venv \
 # /app mirrors the repository layout config.properties and archive.sh expect (relative paths such as
 # src/polydet/serving/log4j2.xml resolve against config.properties' folder). weights/ may be absent
 # or empty in a checkout: archive.sh then builds its RANDOM-WEIGHT DEMO model.
-RUN mkdir -p /app/weights /app/src/polydet/serving \
+RUN mkdir -p /app/weights /app/src/polydet/serving/storeguard \
  && cp -r /src/archive.sh /src/config.properties /src/handlers /src/docker /app/ \
  && cp /src/src/polydet/serving/*.yaml /src/src/polydet/serving/*.xml /app/src/polydet/serving/ \
+ && cp /src/src/polydet/serving/storeguard/*.jar /app/src/polydet/serving/storeguard/ \
  && if [ -d /src/weights ]; then cp -r /src/weights/. /app/weights/; fi \
  && grep -v '^torch==' /src/requirements-pins.txt > /dist/constraints.txt
 

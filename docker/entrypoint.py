@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Container entrypoint: write the effective TorchServe config, run TorchServe in the foreground, stop
-it cleanly on SIGTERM/SIGINT. Standard library only; runs as the image's non-root user.
+it cleanly on SIGTERM/SIGINT. Standard library and polydet's light config helpers only (no torch); runs
+as the image's non-root user.
 
 Why this stays PID 1 instead of ``exec torchserve --foreground``: ``torchserve`` is a Python launcher
 that starts the Java frontend as its child and waits for it, with no signal handler. The kernel drops
@@ -33,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from polydet.serving.server import read_properties, resolve_paths
+
 JAVA_MAIN = "org.pytorch.serve.ModelServer"
 # (config key, env var, default port) of the three HTTP listeners; the gRPC ones have separate keys.
 HTTP_LISTENERS = (("inference_address", "POLYDET_INFERENCE_PORT", 8080),
@@ -46,16 +49,6 @@ def log(msg: str) -> None:
     print(f"polydet-entrypoint: {msg}", file=sys.stderr, flush=True)
 
 
-def read_properties(path: Path) -> dict[str, str]:
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
-
-
 def _port(env: str, current: str | None, default: int) -> str:
     value = os.environ.get(env) or current or str(default)
     if not value.isdigit() or not 0 < int(value) < 65536:
@@ -65,19 +58,7 @@ def _port(env: str, current: str | None, default: int) -> str:
 
 def effective_properties(template: Path) -> dict[str, str]:
     """The template with absolute paths and the bind address / ports of the environment applied."""
-    props = read_properties(template)
-    base = template.parent
-    for key in ("model_store", "metrics_config", "workflow_store"):
-        if props.get(key) and not os.path.isabs(props[key]):
-            props[key] = str(base / props[key])
-    if props.get("vmargs"):
-        args = []
-        for a in props["vmargs"].split():
-            k, _, v = a.partition("=")
-            if k == "-Dlog4j.configurationFile" and v and not os.path.isabs(v) and "://" not in v:
-                a = f"{k}={base / v}"
-            args.append(a)
-        props["vmargs"] = " ".join(args)
+    props = resolve_paths(read_properties(template), template.parent)
     bind = os.environ.get("POLYDET_BIND_ADDRESS", "127.0.0.1")
     url_host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind  # IPv6 in a URL
     for key, env, default in HTTP_LISTENERS:

@@ -11,7 +11,7 @@ HEALTHCHECK runs as). Keys expire (token_expiration_min) and TorchServe renews t
 with the API key; a check that only read the file would turn unhealthy for good after an hour. So a key
 whose expiration time has passed is renewed (GET /token?type=...) before use: it is dead for every
 client already, the new one goes only into key_file.json (mode 600), and a key that still works is
-never touched. Standard library only (no curl in the image).
+never touched. Standard library and polydet's config reader only (no curl in the image, no torch).
 """
 
 from __future__ import annotations
@@ -24,21 +24,13 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+from polydet.serving.server import read_properties
+
 TIMEOUT = 5.0  # s per request; the HEALTHCHECK's own timeout is 10 s
 
 
 class Unhealthy(Exception):
     pass
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
 
 
 def local_url(address: str) -> str:

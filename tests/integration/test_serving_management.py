@@ -81,11 +81,14 @@ def outside(model_store, tmp_path_factory):
 
 
 def test_urls_outside_the_model_store_are_refused(server, rest, grpc_client, outside, model_store):
+    """Only bare names of the store's .mar files register: the store guard (tests/reliability/test_store_guard.py
+    covers directories and links) answers before TorchServe's own checks, except for "..", refused first."""
     refused = {
-        f"file://{outside}": "does not match any allowed URL",
-        str(outside): "Model not found",  # a path is looked up in the store by file name only
-        "http://127.0.0.1:9/elsewhere.mar": "does not match any allowed URL",
-        f"file://{model_store / 'polydet_v2.mar'}": "does not match any allowed URL",  # only bare store names
+        f"file://{outside}": "polydet store guard: only the file name of a .mar archive",
+        str(outside): "polydet store guard: only the file name of a .mar archive",
+        "http://127.0.0.1:9/elsewhere.mar": "polydet store guard: only the file name of a .mar archive",
+        f"file://{model_store / 'polydet_v2.mar'}": "polydet store guard: only the file name",
+        "elsewhere.mar": "polydet store guard: 'elsewhere.mar' is not a regular file in the model store",
         "../outside/elsewhere.mar": "Relative path is not allowed",
     }
     for url, why in refused.items():

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import requests
 from bad_inputs import OCTET, jpeg, page
-from reliability_helpers import start_server
+from reliability_helpers import UNGUARDED, start_server
 from serving_helpers import REPO, auth
 
 from polydet.serving import grpc_stubs
@@ -147,35 +147,32 @@ def test_token_rotation_with_the_api_key(server):
         server._tokens = None  # the fixture's cached keys are stale now: re-read key_file.json
 
 
-WORKFLOW_URLS = {
-    "wf.war": "Workflow not found in workflow store: wf.war",  # a valid archive in the model store
-    "polydet.mar": "Workflow not found in workflow store: polydet.mar",
-    "/dev/null/polydet-serves-no-workflows/wf.war": "Workflow not found in workflow store",
-    "file://{store}/wf.war": "does not match any allowed URL",
-    "http://127.0.0.1:9/wf.war": "does not match any allowed URL",
-    "../wf.war": "Relative path is not allowed",
-}
+# Refused twice over: the store guard (only the store's .mar files register; test_store_guard.py) answers
+# first, and workflow_store (a path that cannot exist) would refuse what it let through.
+WORKFLOW_URLS = ["wf.war",  # a valid archive in the model store
+                 "polydet.mar", "/dev/null/polydet-serves-no-workflows/wf.war", "file://{store}/wf.war",
+                 "http://127.0.0.1:9/wf.war", "../wf.war"]
 
 
 def test_workflow_registration_is_refused(server, sec_store):
-    """TorchServe 0.12.0 registers workflows regardless of enable_model_api; the shipped workflow_store (a
-    path that cannot exist) and allowed_urls refuse every one, so no model is registered through them."""
+    """TorchServe 0.12.0 registers workflows regardless of enable_model_api; the store guard and the shipped
+    workflow_store refuse every one, so no model is registered through them."""
     key = server.tokens.management
-    for url, why in WORKFLOW_URLS.items():
+    for url in WORKFLOW_URLS:
         r = mgmt(server, "POST", "/workflows", key, params={"url": url.format(store=sec_store)})
         assert r.status_code == 404 and r.json()["type"] == "WorkflowNotFoundException", (url, r.text)
-        assert why in r.json()["message"], (url, r.text)
+        assert r.json()["message"].startswith("polydet store guard: "), (url, r.text)
     assert mgmt(server, "GET", "/workflows", key).json() == {"workflows": []}
     assert [m["modelName"] for m in mgmt(server, "GET", "/models", key).json()["models"]] == ["polydet"]
     assert refused(mgmt(server, "POST", "/workflows", None, params={"url": "wf.war"}))
 
 
-def test_without_the_setting_the_workflow_hole_is_open(tmp_path_factory, sec_store):
-    """The control: with 0.12.0's default workflow store (the model store) and the model API OFF, POST
-    /models is refused but POST /workflows registers wf.war's model anyway. This is what the shipped
-    workflow_store closes (test above)."""
+def test_without_the_settings_the_workflow_hole_is_open(tmp_path_factory, sec_store):
+    """The control: without the store guard, with 0.12.0's default workflow store (the model store) and the
+    model API OFF, POST /models is refused but POST /workflows registers wf.war's model anyway. This is
+    what the shipped config closes (test above)."""
     ts = start_server(tmp_path_factory, sec_store, models="",
-                      properties={"workflow_store": str(sec_store), "enable_model_api": "false"})
+                      properties={"workflow_store": str(sec_store), "enable_model_api": "false", **UNGUARDED})
     try:
         key = ts.tokens.management
         r = mgmt(ts, "POST", "/models", key, params={"url": "polydet.mar"})

@@ -126,14 +126,21 @@ def resolve_paths(props: dict[str, str], base: Path) -> dict[str, str]:
         if out.get(key) and not os.path.isabs(out[key]):
             out[key] = str((base / out[key]).resolve())
     if out.get("vmargs"):
-        args = []
-        for a in out["vmargs"].split():
-            k, _, v = a.partition("=")
-            if k == "-Dlog4j.configurationFile" and v and not os.path.isabs(v) and "://" not in v:
-                a = f"{k}={(base / v).resolve()}"
-            args.append(a)
-        out["vmargs"] = " ".join(args)
+        out["vmargs"] = " ".join(_resolve_vmarg(a, base) for a in out["vmargs"].split())
     return out
+
+
+# JVM options whose value is a file: (prefix up to the path, the rest after it)
+_VMARG_PATHS = ("-Dlog4j.configurationFile=", "-javaagent:")
+
+
+def _resolve_vmarg(arg: str, base: Path) -> str:
+    for prefix in _VMARG_PATHS:
+        if arg.startswith(prefix):
+            path, sep, options = arg[len(prefix):].partition("=")  # -javaagent:JAR=OPTIONS
+            if path and not os.path.isabs(path) and "://" not in path:
+                return f"{prefix}{(base / path).resolve()}{sep}{options}"
+    return arg
 
 
 def _torchserve_exe() -> str:
