@@ -21,6 +21,7 @@ EXTERNAL = {
     "serve": ("polydet.serving.commands", "build archives, start TorchServe, wait READY, send a sample"),
     "stop": ("polydet.serving.commands", "stop the TorchServe started by `polydet serve`"),
     "bench": ("polydet.bench", "benchmarks: pipeline stages, served vs in-process, NMS"),
+    "inspect": ("polydet.model.summary", "what a checkpoint holds: layout, classes, input size, anchors, epoch"),
 }
 DATA_MODULE = "polydet.data.synth"
 

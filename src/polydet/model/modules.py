@@ -1,9 +1,16 @@
-"""YOLOv5 v6.0 building blocks. Module and attribute names follow YOLOv5 so state_dict keys match."""
+"""YOLOv5 building blocks of the v6.0 layout (6x6 stem Conv, C3, SPPF) and the v5.0 layout (Focus, SPP,
+BottleneckCSP). Module and attribute names follow YOLOv5 so state_dict keys (and the module paths of a
+pickled training checkpoint) match; BatchNorm uses the eps/momentum YOLOv5 sets after building (1e-3, 0.03).
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # YOLOv5's initialize_weights() values: trained checkpoints carry them
 
 
 def autopad(k: int, p: int | None = None) -> int:
@@ -16,7 +23,7 @@ class Conv(nn.Module):
     def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1, act: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False)
-        self.bn = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
+        self.bn = nn.BatchNorm2d(c2, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = nn.SiLU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,3 +96,59 @@ class Concat(nn.Module):
 
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(x, self.d)
+
+
+def DWConv(c1: int, c2: int, k: int = 1, s: int = 1, act: bool = True) -> Conv:  # noqa: N802 - yaml name
+    """Depthwise-style Conv (groups = gcd of the channels). A function in YOLOv5 too: it pickles as Conv."""
+    return Conv(c1, c2, k, s, g=math.gcd(c1, c2), act=act)
+
+
+class Focus(nn.Module):
+    """v5.0 stem: each 2x2 pixel block becomes 4x the channels, then a Conv (stride 2 in total).
+
+    The channel order of the four sub-images is part of the trained weights: (row, col) offsets
+    (0, 0), (1, 0), (0, 1), (1, 1).
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = Conv(c1 * 4, c2, k, s, p, g, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x[..., r::2, c::2] for c in (0, 1) for r in (0, 1)]
+        return self.conv(torch.cat(parts, 1))
+
+
+class SPP(nn.Module):
+    """v5.0 spatial pyramid pooling: the input and its max-pools of each size in ``k``, side by side."""
+
+    def __init__(self, c1: int, c2: int, k: tuple[int, ...] | list[int] = (5, 9, 13)):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1)
+        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=size, stride=1, padding=size // 2) for size in k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cv1(x)
+        return self.cv2(torch.cat([x] + [pool(x) for pool in self.m], 1))
+
+
+class BottleneckCSP(nn.Module):
+    """v5.0 CSP bottleneck: two branches (bottlenecks then a plain 1x1 conv; a plain 1x1 conv), joined by
+    BatchNorm + LeakyReLU(0.1) over their concatenation and a final Conv."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = nn.Conv2d(c1, c_, 1, 1, bias=False)
+        self.cv3 = nn.Conv2d(c_, c_, 1, 1, bias=False)
+        self.cv4 = Conv(2 * c_, c2, 1, 1)
+        self.bn = nn.BatchNorm2d(2 * c_, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.act = nn.LeakyReLU(0.1)  # not in place: same values, and a trace keeps the BN output intact
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deep = self.cv3(self.m(self.cv1(x)))
+        return self.cv4(self.act(self.bn(torch.cat((deep, self.cv2(x)), 1))))

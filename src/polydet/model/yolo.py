@@ -1,4 +1,4 @@
-"""Polygon YOLOv5 (v6.0 layout): ``yolobody`` (layers 0..23) and ``det`` (the polygon head).
+"""Polygon YOLOv5 (v6.0 or v5.0 layout) from a yaml: ``yolobody`` (the layers) and ``det`` (the polygon head).
 
 Head contract (what every exported artifact produces and the whole package relies on):
 per anchor ``no = 9 + nc`` channels ``[x1, y1, ..., x4, y4, obj, cls...]``. At inference
@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 
 from ..errors import ConfigError
-from .modules import C3, SPPF, Bottleneck, Concat, Conv
+from .modules import C3, SPP, SPPF, Bottleneck, BottleneckCSP, Concat, Conv, DWConv, Focus
 
 CFG_DIR = Path(__file__).parent / "cfg"
 STRIDES = (8.0, 16.0, 32.0)
@@ -87,12 +87,72 @@ def load_cfg(cfg: str | Path | dict) -> dict:
         return yaml.safe_load(f)
 
 
-_MODULES = {"Conv": Conv, "C3": C3, "SPPF": SPPF, "Bottleneck": Bottleneck, "Concat": Concat,
-            "nn.Upsample": nn.Upsample}
+# yaml module name -> class. "Detect" (polydet's yamls) and "Polygon_Detect" (the polygon training
+# repository's) both name the polygon head; DWConv is a function that returns a Conv, as in YOLOv5.
+_MODULES = {"Conv": Conv, "DWConv": DWConv, "Focus": Focus, "SPP": SPP, "SPPF": SPPF, "Bottleneck": Bottleneck,
+            "BottleneckCSP": BottleneckCSP, "C3": C3, "Concat": Concat, "nn.Upsample": nn.Upsample}
+HEADS = ("Detect", "Polygon_Detect")
+_SCALED = (Conv, DWConv, Focus, SPP, SPPF, Bottleneck, BottleneckCSP, C3)  # args[0] = out channels x width
+_REPEATS_INSIDE = (C3, BottleneckCSP)  # the yaml's n is their number of bottlenecks, not of copies
+
+
+def _at(values: list, f: int):
+    """Output of layer ``f`` (absolute, or relative when negative); ``values[0]`` is the input image's."""
+    return values[f] if f < 0 else values[f + 1]
+
+
+def _downsampling(m: nn.Module) -> float:
+    """How much a built layer divides the spatial size by (Upsample multiplies: < 1)."""
+    if isinstance(m, nn.Sequential):
+        return math.prod(_downsampling(x) for x in m)
+    if isinstance(m, Focus):
+        return 2.0 * m.conv.conv.stride[0]
+    if isinstance(m, Conv):
+        return float(m.conv.stride[0])
+    if isinstance(m, nn.Upsample):
+        if m.scale_factor is None:
+            raise ConfigError("nn.Upsample needs a scale_factor (a fixed output size has no stride)")
+        return 1.0 / float(m.scale_factor)
+    return 1.0
+
+
+def _anchors(d: dict, nl: int) -> list[list[float]]:
+    """The yaml's anchors; an int (anchors per level, YOLOv5's 'autoanchor will fill them') gives
+    placeholders that a checkpoint's anchor buffers replace."""
+    a = d["anchors"]
+    if isinstance(a, int):
+        return [list(range(2 * a)) for _ in range(nl)]
+    if len(a) != nl or any(len(x) != len(a[0]) or len(x) % 2 for x in a):
+        raise ConfigError(f"anchors: {nl} levels of w,h pairs (the same count per level) expected, got {a}")
+    return [[float(v) for v in x] for x in a]
+
+
+def _layer(i: int, f, n: int, name: str, args: list, ch: list[int], gd: float, gw: float):
+    """Build yaml row ``i``; returns (module, its output channels)."""
+    if name not in _MODULES:
+        raise ConfigError(f"layer {i}: unknown module {name!r} (polydet builds {', '.join([*_MODULES, *HEADS])})")
+    mod = _MODULES[name]
+    n = max(round(n * gd), 1) if n > 1 else n
+    args = [None if a == "None" else a for a in args]
+    if mod in _SCALED:
+        c2 = make_divisible(args[0] * gw)
+        args = [_at(ch, f), c2, *args[1:]]
+        if mod in _REPEATS_INSIDE:
+            args.insert(2, n)
+            n = 1
+    elif mod is Concat:
+        c2 = sum(_at(ch, x) for x in f)
+    else:
+        c2 = _at(ch, f)
+    try:
+        layer = nn.Sequential(*(mod(*args) for _ in range(n))) if n > 1 else mod(*args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"layer {i} ({name} {args}): {e}") from e
+    return layer, c2
 
 
 class PolygonYOLO(nn.Module):
-    """The whole detector. ``yolobody`` holds layers 0..23, ``det`` the head (seed key layout)."""
+    """The whole detector. ``yolobody`` holds the layers before the head, ``det`` the head (seed key layout)."""
 
     def __init__(self, cfg: str | Path | dict = "polygon_yolov5n", nc: int | None = None):
         super().__init__()
@@ -106,31 +166,21 @@ class PolygonYOLO(nn.Module):
 
     @staticmethod
     def _parse(d: dict):
-        nc, gd, gw = d["nc"], d["depth_multiple"], d["width_multiple"]
-        ch, layers, froms = [3], [], []
+        if d.get("ch", 3) != 3:
+            raise ConfigError(f"model cfg has ch={d['ch']}: polydet feeds 3-channel images")
+        gd, gw = d["depth_multiple"], d["width_multiple"]
+        ch, strides, layers, froms = [3], [1.0], [], []
         for i, (f, n, m, args) in enumerate(d["backbone"] + d["head"]):
-            if m == "Detect":
-                det = PolygonDetect(nc, d["anchors"], [ch[x + 1] for x in f])  # f: absolute layer indices
-                return nn.ModuleList(layers), froms, det, list(f)
-            if m not in _MODULES:
-                raise ConfigError(f"layer {i}: unknown module {m!r}")
-            mod = _MODULES[m]
-            n = max(round(n * gd), 1) if n > 1 else n
-            args = [None if a == "None" else a for a in args]
-            if mod in (Conv, C3, SPPF, Bottleneck):
-                c1, c2 = (ch[f] if f < 0 else ch[f + 1]), make_divisible(args[0] * gw)
-                args = [c1, c2, *args[1:]]
-                if mod is C3:
-                    args.insert(2, n)
-                    n = 1
-            elif mod is Concat:
-                c2 = sum(ch[x + 1] if x >= 0 else ch[x] for x in f)  # ch[0] is the input image
-            else:
-                c2 = ch[-1]
-            layer = nn.Sequential(*(mod(*args) for _ in range(n))) if n > 1 else mod(*args)
+            if m in HEADS:
+                f = [f] if isinstance(f, int) else list(f)
+                det = PolygonDetect(d["nc"], _anchors(d, len(f)), [_at(ch, x) for x in f],
+                                    strides=[_at(strides, x) for x in f])
+                return nn.ModuleList(layers), froms, det, f
+            layer, c2 = _layer(i, f, n, m, list(args), ch, gd, gw)
             layers.append(layer)
             froms.append(f)
             ch.append(c2)
+            strides.append(_at(strides, f if isinstance(f, int) else f[0]) * _downsampling(layer))
         raise ConfigError("model cfg has no Detect layer")
 
     def forward(self, x: torch.Tensor):
@@ -152,3 +202,15 @@ class PolygonYOLO(nn.Module):
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def describe_layout(d: dict) -> str:
+    """Which YOLOv5 generation a model yaml follows, from its stem and pyramid-pooling layers."""
+    rows = d["backbone"] + d["head"]
+    names = {r[2] for r in rows}
+    stem = rows[0]
+    if stem[2] == "Focus" and "SPP" in names:
+        return "v5.0 (Focus stem, SPP)"
+    if stem[2] == "Conv" and list(stem[3][1:2]) == [6] and "SPPF" in names:
+        return "v6.0 (6x6 stem Conv, SPPF)"
+    return "custom (" + ", ".join(sorted(n for n in names if n not in HEADS)) + ")"
