@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from polydet.backends import load_backend  # noqa: E402
 from polydet.bench.common import table, weights_or_random  # noqa: E402
 from polydet.export import export, load_or_build  # noqa: E402
+from polydet.meta import Precision  # noqa: E402
 
 CL = torch.channels_last
 
@@ -79,7 +80,7 @@ def graphed(model, x):
 def variant_fn(name: str, path: Path, weights: str, size: int, half: bool, x: torch.Tensor, cache: dict):
     """(callable, input) for one variant at the input ``x``'s batch size."""
     if name.startswith("torchscript"):
-        b = load_backend(path, device="cuda", half=half)
+        b = load_backend(path, device="cuda", precision=Precision.FP16 if half else None)
         if name == "torchscript_cl":
             b.model = b.model.to(memory_format=CL)
             return b, x.contiguous(memory_format=CL)

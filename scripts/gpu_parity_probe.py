@@ -14,7 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from polydet.backends import load_backend  # noqa: E402
-from polydet.export import exporter  # noqa: E402
+from polydet.export import export  # noqa: E402
+from polydet.export.common import fixed_inputs, load_or_build  # noqa: E402
 
 W = str(Path(__file__).resolve().parents[1] / "weights" / "polydet_main_area.pt")
 
@@ -24,16 +25,16 @@ def d(a, b):
 
 
 def main():
-    model, _ = exporter.load_or_build(W)
+    model, _ = load_or_build(W)
     model.eval()
-    x = exporter._fixed_inputs((224, 224))
+    x = fixed_inputs((224, 224))
     with torch.inference_mode():
         ref = model(x).float()
     print("api:", {k: getattr(torch.backends.cudnn, k, None) for k in ("allow_tf32",)},
           getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None),
           torch.get_float32_matmul_precision())
     with tempfile.TemporaryDirectory() as tmp:
-        path, _ = exporter.export(W, "torchscript", out=Path(tmp) / "c.torchscript", device="cpu", verify=False)
+        path, _ = export(W, "torchscript", out=Path(tmp) / "c.torchscript", device="cpu", verify=False)
         for bench in (False, True):
             torch.backends.cudnn.benchmark = bench
             for tf32 in (True, False):
@@ -42,7 +43,7 @@ def main():
                 m = model.to("cuda")
                 with torch.inference_mode():
                     e = m(x.cuda()).float().cpu()
-                    fused = exporter.load_or_build(W)[0].eval().fuse().cuda()(x.cuda()).float().cpu()
+                    fused = load_or_build(W)[0].eval().fuse().cuda()(x.cuda()).float().cpu()
                 for cl in (False, True):
                     b = load_backend(path, device="cuda", channels_last=cl)
                     outs = [b(x).cpu() for _ in range(3)]  # profiling executor: later runs are optimised

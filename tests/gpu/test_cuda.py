@@ -10,6 +10,7 @@ import torch
 
 from polydet.backends import load_backend
 from polydet.export import TOLERANCES, export, load_or_build
+from polydet.meta import Precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu_tests.sh)")
 
@@ -50,13 +51,13 @@ def test_cuda_export_runs_on_cpu(tmp_path):
 def test_fp16_on_cuda(tmp_path):
     cpu_path, _ = export("random", "torchscript", out=tmp_path / "cpu.torchscript", device="cpu")
     x, ref = _ref("cuda")
-    b = load_backend(cpu_path, device="cuda", half=True)
+    b = load_backend(cpu_path, device="cuda", precision=Precision.FP16)
     assert b.half and b.input_dtype == torch.float16
     _close(b(x).cpu(), ref, "fp16")
-    half_path, diff = export("random", "torchscript", out=tmp_path / "half.torchscript", device="cuda", half=True)
+    half_path, diff = export("random", "torchscript", out=tmp_path / "half.torchscript", device="cuda", precision=Precision.FP16)
     assert diff["corners_px"] <= TOLERANCES["fp16"]["corners_px"]
     hb = load_backend(half_path, device="cuda")
-    assert hb.info.half and hb.half
+    assert hb.info.precision is Precision.FP16 and hb.half
     _close(hb(x).cpu(), ref, "fp16")
 
 
@@ -94,8 +95,9 @@ def test_detector_cuda_matches_cpu(tmp_path):
 def test_cuda_channels_last_default_matches_contiguous(tmp_path, half):
     path, _ = export("random", "torchscript", out=tmp_path / "cl.torchscript", device="cpu")
     x, ref = _ref("cuda")
-    auto = load_backend(path, device="cuda", half=half)
-    plain = load_backend(path, device="cuda", half=half, channels_last=False)
+    precision = Precision.FP16 if half else None
+    auto = load_backend(path, device="cuda", precision=precision)
+    plain = load_backend(path, device="cuda", precision=precision, channels_last=False)
     assert auto.channels_last and not plain.channels_last
     out_auto, out_plain = auto(x).cpu(), plain(x).cpu()
     kind = "fp16" if half else "fp32"

@@ -5,10 +5,10 @@ import onnx
 import pytest
 import torch
 
-from polydet.backends import REGISTRY, backend_class, load_backend
-from polydet.errors import ConfigError, MissingDependencyError, ModelLoadError
-from polydet.export import TOLERANCES, export, load_or_build
-from polydet.meta import ModelInfo
+from polydet.backends import backend_class, load_backend, suffixes
+from polydet.errors import ConfigError, ExportError, MissingDependencyError, ModelLoadError
+from polydet.export import TOLERANCES, export, load_or_build, verify_artifact
+from polydet.meta import ModelInfo, Precision
 from polydet.model import load_model
 
 
@@ -16,7 +16,7 @@ def test_artifacts_describe_themselves(artifacts):
     for key in ("torchscript", "onnx"):
         b = load_backend(artifacts[key])
         assert b.info == ModelInfo(names=["page", "photo"], imgsz=224, stride=32, letterbox="square",
-                                   dynamic=False, half=False)
+                                   dynamic=False, precision=Precision.FP32)
     dyn = load_backend(artifacts["onnx_dynamic"]).info
     assert dyn.dynamic and dyn.letterbox == "auto"
 
@@ -59,11 +59,9 @@ def test_onnx_graph_has_no_scatternd(artifacts):
 
 def test_export_parity_check_fails_on_a_wrong_artifact(artifacts, tmp_path, monkeypatch):
     """The parity check is real: an artifact of other weights must be rejected."""
-    from polydet.export import exporter
-
     other, _ = load_or_build("random", seed=123)
-    with pytest.raises(exporter.ExportError, match="beyond tolerance"):
-        exporter.verify_artifact(artifacts["torchscript"], other, (224, 224))
+    with pytest.raises(ExportError, match="beyond tolerance"):
+        verify_artifact(artifacts["torchscript"], other, (224, 224))
 
 
 def test_tuple_output_models_are_accepted(tmp_path, artifacts):
@@ -97,13 +95,13 @@ def test_foreign_artifact_without_metadata_warns_and_guesses(tmp_path, artifacts
 def test_registry_and_errors(tmp_path, artifacts):
     assert backend_class(artifacts["torchscript"]).name == "torchscript"
     assert backend_class(artifacts["ckpt"]).name == "eager"  # .pt sniffed: a torch.save checkpoint
-    assert {".onnx", ".engine", ".torchscript"} <= set(REGISTRY)
+    assert {".onnx", ".engine", ".torchscript"} <= set(suffixes())
     with pytest.raises(ModelLoadError, match="unknown artifact type '.xyz'"):
         backend_class(tmp_path / "m.xyz")
     with pytest.raises(ModelLoadError, match="not found"):
         load_backend(tmp_path / "missing.onnx")
     with pytest.raises(ModelLoadError, match="needs a CUDA device"):
-        load_backend(artifacts["torchscript"], half=True)
+        load_backend(artifacts["torchscript"], precision=Precision.FP16)
 
 
 def test_missing_runtime_names_the_package(artifacts, monkeypatch):
@@ -126,7 +124,7 @@ def test_tensorrt_seam_fails_clearly_without_tensorrt(tmp_path):
 
 def test_export_rejects_bad_options(tmp_path):
     with pytest.raises(ConfigError, match="needs --device cuda"):
-        export("random", "torchscript", out=tmp_path / "x.torchscript", half=True)
+        export("random", "torchscript", out=tmp_path / "x.torchscript", precision=Precision.FP16)
     with pytest.raises(ConfigError, match="unknown export format"):
         export("random", "tflite", out=tmp_path / "x.tflite")
     with pytest.raises(ConfigError, match="multiple of 32"):

@@ -1,0 +1,53 @@
+"""The export format table: one row per artifact format, read by ``export()``, the CLI and the archiver.
+
+Adding a format is one module in this package (its exporter) plus one row in ``FORMATS``; nothing
+outside that module asks which format it is. Importing this module imports no torch, so the CLI can
+build its choices from the table cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from ..meta import Precision
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str  # what `polydet export --format` and archive.sh --formats call it
+    suffix: str  # the artifact's file suffix, with its dot; the backend below must accept it
+    exporter: str  # "module:function" imported when used; called as function(job: ExportJob) -> None
+    backend: str  # the module in polydet.backends.MODULES that opens the artifact (and runs its check)
+    precisions: tuple[Precision, ...]  # what it can export; anything else is refused, naming these
+    passes: tuple[str, ...] = ()  # the graph passes (names in PASSES) it can run after exporting
+    archive_suffix: str = ""  # TorchServe archive name: polydet<archive_suffix>.mar
+    # True when its fp32 convolutions run in TF32 on CUDA whatever the run-time flag: tracing bakes
+    # cuDNN's allow_tf32 into the graph, so the parity check holds it to TOLERANCES["tf32"] there.
+    cuda_tf32: bool = False
+
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("torchscript", ".torchscript", ".torchscript:export_torchscript", "torchscript",
+                 (Precision.FP32, Precision.FP16), cuda_tf32=True),
+    ExportFormat("onnx", ".onnx", ".onnx:export_onnx", "onnxruntime",
+                 (Precision.FP32, Precision.FP16), archive_suffix="_onnx"),
+)}
+
+# Graph passes: name -> "module:function", called as function(path: Path, info: ModelInfo) -> None after
+# the export, rewriting the artifact in place and keeping its metadata (``info``, passes included). An
+# export runs the requested ones in the order given and records that order in ModelInfo.passes. None
+# ships yet (onnxslim, an ONNX simplifier, is the first candidate: it is not a dependency today).
+PASSES: dict[str, str] = {}
+
+
+def resolve(spec: str) -> Callable:
+    """``"module:function"`` -> the function; a module starting with "." is relative to this package."""
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module, __package__), func)
+
+
+def for_backend(module: str) -> ExportFormat | None:
+    """The format whose artifacts the backend ``module`` (a name in MODULES) opens, if polydet exports one."""
+    return next((f for f in FORMATS.values() if f.backend == module), None)
