@@ -48,12 +48,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     _add_threshold_args(p)
 
-    p = sub.add_parser("export", help="export weights to TorchScript or ONNX (verified against eager)")
+    from .export.formats import FORMATS, PASSES
+    from .meta import Precision
+
+    p = sub.add_parser("export", help=f"export weights to {' or '.join(FORMATS)} (verified against eager)")
     p.add_argument("--weights", required=True, help="checkpoint, seed state_dict, or random[:cfg] for a demo")
-    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
-    p.add_argument("--out", help="output path (default: <weights stem>_<imgsz>.<format>)")
+    p.add_argument("--format", choices=list(FORMATS), default="torchscript")
+    p.add_argument("--out", help="output path (default: <weights stem>_<imgsz>[_fp16].<format suffix>)")
     p.add_argument("--imgsz", type=int, help="square input size (default: the checkpoint's, else 224)")
-    p.add_argument("--half", action="store_true", help="fp16 artifact (needs --device cuda)")
+    p.add_argument("--precision", choices=[q.value for q in Precision],
+                   help="artifact precision (default fp32; fp16 needs --device cuda; each format supports some)")
+    p.add_argument("--half", action="store_true", help="deprecated: --precision fp16")
+    p.add_argument("--passes", type=lambda s: tuple(filter(None, s.split(","))), default=(),
+                   help=f"comma-separated graph passes, run in order (known: {', '.join(PASSES) or 'none yet'})")
     p.add_argument("--dynamic", action="store_true", help="any stride-aligned H x W (rectangular letterbox)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--device", default="cpu", help="device to trace on (artifacts run on any device)")
@@ -117,12 +124,19 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
+    from .errors import ConfigError
     from .export import export
 
     names = args.names.split(",") if args.names else None
-    out, diff = export(args.weights, args.format, out=args.out, imgsz=args.imgsz, half=args.half,
+    precision = args.precision or "fp32"
+    if args.half:
+        print("polydet export: --half is deprecated, use --precision fp16", file=sys.stderr)
+        if args.precision not in (None, "fp16"):
+            raise ConfigError(f"--half conflicts with --precision {args.precision}")
+        precision = "fp16"
+    out, diff = export(args.weights, args.format, out=args.out, imgsz=args.imgsz, precision=precision,
                        dynamic=args.dynamic, opset=args.opset, device=args.device, cfg=args.cfg, names=names,
-                       seed=args.seed)
+                       seed=args.seed, passes=args.passes)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     print(f"parity vs eager model: max |diff| corners {diff['corners_px']:.3g} px, scores {diff['scores']:.3g}")
     return 0
