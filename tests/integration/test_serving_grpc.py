@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -37,6 +38,24 @@ def test_stubs_come_from_the_installed_jar():
     out = grpc_stubs.cache_dir()
     assert out.name == f"torchserve-{__version__}"
     assert (out / "inference_pb2_grpc.py").is_file() and (out / "proto" / "management.proto").is_file()
+
+
+def test_stubs_are_generated_on_demand_into_an_empty_cache(tmp_path, monkeypatch):
+    """A fresh machine's state, whatever this machine's own cache holds (a warm cache once hid this)."""
+    import zipfile
+
+    import ts
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("POLYDET_CACHE", str(cache))
+    out = grpc_stubs.cache_dir()
+    assert out.parent == cache / "grpc"
+    assert "class InferenceAPIsServiceStub" in (out / "inference_pb2_grpc.py").read_text()
+    assert "class ManagementAPIsServiceStub" in (out / "management_pb2_grpc.py").read_text()
+    with zipfile.ZipFile(Path(ts.__file__).parent / "frontend" / "model-server.jar") as jar:
+        for name in grpc_stubs.PROTOS:
+            assert (out / "proto" / name).read_bytes() == jar.read(name)
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # the build folder renamed, none left
 
 
 def test_ping(server, pb, channels):

@@ -4,7 +4,8 @@ TorchServe's wheel ships no .proto files in site-packages; inference.proto and m
 inside ts/frontend/model-server.jar. They are extracted and compiled with grpc_tools.protoc into
 ``$POLYDET_CACHE`` (default ``~/.cache/polydet``) ``/grpc/<torchserve version>/`` on first use, so the
 stubs always match the server that is installed and nothing is copied into the repository.
-google/rpc/status.proto is imported from googleapis-common-protos at run time.
+google/rpc/status.proto is imported from googleapis-common-protos at run time. An empty cache (a fresh
+machine, CI) is the normal first state: :func:`cache_dir` and :func:`load` generate the stubs when missing.
 """
 
 from __future__ import annotations
@@ -19,14 +20,27 @@ from types import SimpleNamespace
 from ..errors import MissingDependencyError, require
 
 PROTOS = ("inference.proto", "management.proto")
+MODULES = ("inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc")
 _loaded: SimpleNamespace | None = None
 
 
-def cache_dir() -> Path:
+def _location() -> Path:
     from ts.version import __version__
 
     root = Path(os.environ.get("POLYDET_CACHE") or Path.home() / ".cache" / "polydet")
     return root / "grpc" / f"torchserve-{__version__}"
+
+
+def _complete(out: Path) -> bool:
+    return all((out / f"{name}.py").is_file() for name in MODULES)
+
+
+def cache_dir() -> Path:
+    """This TorchServe's stubs folder in the cache, with the stubs in it: generated there if missing."""
+    out = _location()
+    if not _complete(out):
+        generate(out)
+    return out
 
 
 def _jar() -> Path:
@@ -43,7 +57,7 @@ def generate(out: Path | None = None) -> Path:
     require("grpc_tools", "grpcio-tools", "serve")
     from grpc_tools import protoc
 
-    out = Path(out or cache_dir())
+    out = Path(out or _location())
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")  # build aside, rename: safe for parallel first use
     (tmp / "proto").mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(_jar()) as z:
@@ -75,12 +89,9 @@ def load() -> SimpleNamespace:
     require("grpc", "grpcio", "serve")
     require("google.rpc.status_pb2", "googleapis-common-protos", "serve")
     out = cache_dir()
-    if not (out / "management_pb2_grpc.py").is_file():
-        generate(out)
     # The generated *_pb2_grpc modules import their *_pb2 siblings as top-level modules.
     if str(out) not in sys.path:
         sys.path.insert(0, str(out))
-    mods = {name: importlib.import_module(name) for name in
-            ("inference_pb2", "inference_pb2_grpc", "management_pb2", "management_pb2_grpc")}
+    mods = {name: importlib.import_module(name) for name in MODULES}
     _loaded = SimpleNamespace(**mods)
     return _loaded
