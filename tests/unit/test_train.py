@@ -240,11 +240,11 @@ def test_validation_and_half_weights(tmp_path, stand_in_data):
 
 
 def test_seed_never_a_validation_seed():
-    from polydet.train.trainer import RESERVED_VAL_SEEDS, _seed_for_epoch
+    from polydet.train.loader import RESERVED_VAL_SEEDS, seed_for_epoch
 
     cfg = TrainConfig()
-    assert not {_seed_for_epoch(cfg, e) for e in range(2000)} & RESERVED_VAL_SEEDS
-    assert _seed_for_epoch(cfg, 0) != _seed_for_epoch(cfg, 1)
+    assert not {seed_for_epoch(cfg, e) for e in range(2000)} & RESERVED_VAL_SEEDS
+    assert seed_for_epoch(cfg, 0) != seed_for_epoch(cfg, 1)
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3])

@@ -22,12 +22,11 @@ from torch.nn import functional as F
 
 from ..meta import ModelInfo
 from ..model import PolygonYOLO, save_checkpoint
+from .loader import device_batches, make_loader
 from .loss import LossHyp, PolygonLoss
 from .replay import ReplayBuffer
 
 NAMES = ["page", "photo"]
-# Never generate training data with these seeds: validation sets are made with them.
-RESERVED_VAL_SEEDS = frozenset(range(990, 1000))
 
 
 @dataclass
@@ -99,84 +98,6 @@ class ModelEMA:
                 v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
 
 
-def _seed_for_epoch(cfg: TrainConfig, epoch: int) -> int:
-    """Data seed: synthetic images are ``default_rng([seed, i])`` with ``i`` unique over the whole run."""
-    s = 1000 + 1000 * cfg.seed + epoch
-    if s in RESERVED_VAL_SEEDS:
-        raise ValueError(f"training seed {s} is reserved for validation sets")
-    return s
-
-
-class _RunData(torch.utils.data.Dataset):
-    """The whole run's training images as one index space, so one loader (forked once) serves every
-    epoch: synthetic image ``g`` is unique over the run; for a directory, ``g = epoch * n + file`` and
-    the epoch picks the augmentation seed."""
-
-    def __init__(self, base, synth: bool, n_files: int, cfg: TrainConfig):
-        self.base, self.synth, self.n_files, self.cfg = base, synth, n_files, cfg
-
-    def __len__(self) -> int:
-        return len(self.base) if self.synth else self.n_files * self.cfg.epochs
-
-    def __getitem__(self, g: int):
-        if self.synth:
-            return self.base[g]
-        self.base.seed = _seed_for_epoch(self.cfg, g // self.n_files)  # this worker's copy only
-        return self.base[g % self.n_files]
-
-
-class _RunSampler(torch.utils.data.Sampler):
-    """Indices of loader batches ``start..stop`` (epoch by epoch; shuffled per epoch for a directory)."""
-
-    def __init__(self, synth: bool, n_files: int, per_epoch: int, batch: int, start: int, stop: int, seed: int):
-        self.synth, self.n_files, self.per_epoch, self.batch = synth, n_files, per_epoch, batch
-        self.start, self.stop, self.seed = start, stop, seed
-
-    def __len__(self) -> int:
-        return max(self.stop - self.start, 0) * self.batch
-
-    def __iter__(self):
-        for b in range(self.start, self.stop):
-            epoch, k = divmod(b, self.per_epoch)
-            if self.synth:
-                yield from range(b * self.batch, (b + 1) * self.batch)
-            else:
-                perm = torch.randperm(self.n_files, generator=torch.Generator().manual_seed(self.seed + epoch))
-                yield from (epoch * self.n_files + int(j) for j in perm[k * self.batch:(k + 1) * self.batch])
-
-
-def make_loader(cfg: TrainConfig, start_batch: int = 0) -> tuple[torch.utils.data.DataLoader, int]:
-    """One loader for the rest of the run, from loader batch ``start_batch``. Returns it and the number
-    of loader batches per epoch."""
-    import cv2
-
-    from ..data.dataset import PolygonDataset, collate
-
-    # Loader workers are forked: an OpenCV thread pool alive in this process deadlocks a forked child
-    # at its first cv2.setNumThreads call, so keep OpenCV single-threaded here.
-    cv2.setNumThreads(1)
-    synth = cfg.data == "synth"
-    size = max((cfg.imgsz, *cfg.multiscale))  # render once at the largest train size
-    if synth:
-        per_epoch = cfg.epoch_size // cfg.batch
-        base = PolygonDataset("synth", size, augment=True, n=per_epoch * cfg.batch * cfg.epochs,
-                              seed=_seed_for_epoch(cfg, 0))
-        n_files = 0
-    else:
-        base = PolygonDataset(cfg.data, size, augment=True, seed=_seed_for_epoch(cfg, 0))
-        n_files = len(base)
-        per_epoch = n_files // cfg.batch
-    if per_epoch < 1:
-        raise ValueError(f"an epoch has fewer images than one batch of {cfg.batch}")
-    sampler = _RunSampler(synth, n_files, per_epoch, cfg.batch, start_batch, per_epoch * cfg.epochs,
-                          _seed_for_epoch(cfg, 0))
-    loader = torch.utils.data.DataLoader(_RunData(base, synth, n_files, cfg), batch_size=cfg.batch,
-                                         sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
-                                         drop_last=True, pin_memory=torch.cuda.is_available(),
-                                         prefetch_factor=4 if cfg.workers else None)
-    return loader, per_epoch
-
-
 @torch.no_grad()
 def validate(model: nn.Module, val_dir: str, imgsz: int, device, conf=0.001, iou=0.6, batch=64, workers=4) -> dict:
     """mAP of ``model`` on a labelled directory, in letterboxed pixels (IoU is scale-invariant)."""
@@ -233,18 +154,6 @@ def _set_lr(opt, cfg: TrainConfig, it: int, total: int, warmup: int) -> None:
             g["lr"] = target
 
 
-def _batches(loader, replay: ReplayBuffer | None, reuse: int, device):
-    """Training batches on the device: the loader's, or ``reuse`` replay draws per loader batch."""
-    for imgs, targets in loader:
-        imgs, targets = imgs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        if replay is None:
-            yield imgs, targets
-            continue
-        replay.push(imgs, targets)
-        for _ in range(reuse):
-            yield replay.sample(imgs.shape[0])
-
-
 def _resize(imgs: torch.Tensor, targets: torch.Tensor, size: int):
     """Square batch to ``size`` (antialiased); pixel-edge corner coordinates scale by the same factor."""
     s = imgs.shape[-1]
@@ -265,12 +174,9 @@ def _save_weights(path: Path, model: nn.Module, cfg: TrainConfig, **extra) -> No
     save_checkpoint(path, m, _info(cfg), **extra)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train (or continue from ``cfg.out/last.pt``). Returns ``{"done", "it", "best_fitness", "last", "best"}``."""
-    t0 = time.monotonic()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def _build(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, ModelEMA, torch.optim.Optimizer]:
+    """The run's model (seeded; ``cfg.init``'s weights if given) on ``device`` in train mode, its EMA
+    and its optimizer."""
     torch.manual_seed(cfg.seed)
     model = PolygonYOLO(cfg.model, nc=len(NAMES))
     if cfg.init:
@@ -279,105 +185,148 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         model.load_state_dict(load_model(cfg.init)[0].state_dict())
     model = model.to(device).train()
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau)
-    opt = _optimizer(model, cfg)
-    it, best_fitness, history, st = 0, -1.0, [], {}
-    if resume:
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    return model, ema, _optimizer(model, cfg)
+
+
+class _Run:
+    """One call of :func:`train`: the model, EMA, optimizer and scaler, the iteration counter, the
+    history, and the wall-clock budget; :meth:`run` steps through the epochs."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool):
+        self.t0 = time.monotonic()
+        self.cfg, self.out = cfg, Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.ema, self.opt = _build(cfg, self.device)
+        self.it, self.best_fitness, self.history = 0, -1.0, []
+        st = self._resume() if resume else {}
+        self.sizes = tuple(cfg.multiscale) or (cfg.imgsz,)
+        self.loss_fns = {sz: PolygonLoss(self.model, cfg.hyp, imgsz=sz) for sz in self.sizes}
+        loader, nl = make_loader(cfg, self.it // cfg.reuse)  # nl loader batches per epoch
+        self.nb = nl * cfg.reuse  # steps per epoch
+        self.total = self.nb * cfg.epochs
+        self.warmup = max(round(cfg.warmup_epochs * self.nb), 100)
+        replay = (ReplayBuffer(max(cfg.replay_batches, 1), torch.Generator().manual_seed(cfg.seed))
+                  if cfg.reuse > 1 else None)
+        self.batches = device_batches(loader, replay, cfg.reuse, self.device)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        if resume and self.use_amp and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+        self.budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
+        # Time kept for the final validation and saves; raised to 1.5x the measured validation time.
+        self.reserve_s = 60.0 if cfg.val else 20.0
+        self.stopped = False
+
+    def _resume(self) -> dict:
+        """Continue from ``out/last.pt``: model, EMA, optimizer and counters; returns its train_state."""
+        ck = torch.load(self.out / "last.pt", map_location="cpu", weights_only=True)
         st = ck["train_state"]
-        model.load_state_dict(st["model"])
-        ema.ema.load_state_dict(ck["state_dict"])
-        ema.updates = st["ema_updates"]
-        opt.load_state_dict(st["optimizer"])
-        it, best_fitness, history = st["it"], st["best_fitness"], list(st.get("history", []))
-        print(f"resumed from {out / 'last.pt'} at iteration {it}", flush=True)
-    sizes = tuple(cfg.multiscale) or (cfg.imgsz,)
-    loss_fns = {sz: PolygonLoss(model, cfg.hyp, imgsz=sz) for sz in sizes}
-    loader, nl = make_loader(cfg, it // cfg.reuse)  # nl loader batches per epoch
-    nb = nl * cfg.reuse  # steps per epoch
-    total = nb * cfg.epochs
-    warmup = max(round(cfg.warmup_epochs * nb), 100)
-    replay = ReplayBuffer(max(cfg.replay_batches, 1), torch.Generator().manual_seed(cfg.seed)) if cfg.reuse > 1 else None
-    batches = _batches(loader, replay, cfg.reuse, device)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    if resume and use_amp and st.get("scaler"):
-        scaler.load_state_dict(st["scaler"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
-    # Time kept for the final validation and saves; raised to 1.5x the measured validation time.
-    reserve_s = 60.0 if cfg.val else 20.0
-    stopped = False
+        self.model.load_state_dict(st["model"])
+        self.ema.ema.load_state_dict(ck["state_dict"])
+        self.ema.updates = st["ema_updates"]
+        self.opt.load_state_dict(st["optimizer"])
+        self.it, self.best_fitness, self.history = st["it"], st["best_fitness"], list(st.get("history", []))
+        print(f"resumed from {self.out / 'last.pt'} at iteration {self.it}", flush=True)
+        return st
 
-    def state(epoch: int) -> dict:
-        return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "ema_updates": ema.updates, "it": it, "epoch": epoch,
-                "best_fitness": best_fitness, "history": history, "config": dataclasses.asdict(cfg)}
+    def state(self, epoch: int) -> dict:
+        """What ``last.pt`` holds besides the EMA weights, to resume from."""
+        return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema_updates": self.ema.updates, "it": self.it, "epoch": epoch,
+                "best_fitness": self.best_fitness, "history": self.history, "config": dataclasses.asdict(self.cfg)}
 
-    from tqdm import tqdm
+    def step(self, imgs_u8: torch.Tensor, targets: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """One optimizer step on a uint8 batch; returns its size, the loss and its items."""
+        model, opt, scaler = self.model, self.opt, self.scaler
+        _set_lr(opt, self.cfg, self.it, self.total, self.warmup)
+        sz = self.sizes[self.it % len(self.sizes)]
+        imgs, targets = _resize(imgs_u8.float() / 255, targets, sz)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            preds = model(imgs)
+        loss, items = self.loss_fns[sz](preds, targets)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        scaler.step(opt)
+        scaler.update()
+        self.ema.update(model)
+        self.it += 1
+        return imgs.shape[0], loss, items
 
-    while it < total and not stopped:
-        epoch = it // nb
-        start_in_epoch = it % nb
-        bar = tqdm(total=nb, initial=start_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stdout,
-                   mininterval=0.5 if sys.stdout.isatty() else 15, dynamic_ncols=True)
+    def epoch(self) -> None:
+        """Steps to the end of this epoch (or of the time budget), then its record and ``last.pt``."""
+        from tqdm import tqdm
+
+        epoch = self.it // self.nb
+        bar = tqdm(total=self.nb, initial=self.it % self.nb, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                   file=sys.stdout, mininterval=0.5 if sys.stdout.isatty() else 15, dynamic_ncols=True)
         mloss = torch.zeros(4)
         n_seen, t_epoch = 0, time.monotonic()
         i = 0
-        for imgs_u8, targets in batches:  # one generator for the run; each epoch takes its share
-            _set_lr(opt, cfg, it, total, warmup)
-            sz = sizes[it % len(sizes)]
-            imgs, targets = _resize(imgs_u8.float() / 255, targets, sz)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                preds = model(imgs)
-            loss, items = loss_fns[sz](preds, targets)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            scaler.step(opt)
-            scaler.update()
-            ema.update(model)
-            it += 1
-            n_seen += imgs.shape[0]
+        for imgs_u8, targets in self.batches:  # one generator for the run; each epoch takes its share
+            n, loss, items = self.step(imgs_u8, targets)
+            n_seen += n
             mloss = (mloss * i + items.cpu()) / (i + 1)
             i += 1
             bar.set_postfix(box=f"{mloss[0]:.4f}", obj=f"{mloss[1]:.4f}", cls=f"{mloss[2]:.4f}",
-                            lr=f"{opt.param_groups[1]['lr']:.4g}")
+                            lr=f"{self.opt.param_groups[1]['lr']:.4g}")
             bar.update(1)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {it}")
-            if time.monotonic() - t0 > budget_s - reserve_s:
-                stopped = True
-            if stopped or it % nb == 0:
+                raise FloatingPointError(f"loss is {loss.item()} at iteration {self.it}")
+            if time.monotonic() - self.t0 > self.budget_s - self.reserve_s:
+                self.stopped = True
+            if self.stopped or self.it % self.nb == 0:
                 break
         bar.close()
-        ips = n_seen / max(time.monotonic() - t_epoch, 1e-9)
-        epoch_done = it % nb == 0
+        self._end_epoch(epoch, mloss, n_seen / max(time.monotonic() - t_epoch, 1e-9))
+
+    def _end_epoch(self, epoch: int, mloss: torch.Tensor, ips: float) -> None:
+        cfg, it = self.cfg, self.it
+        epoch_done = it % self.nb == 0
         rec = {"epoch": epoch + 1, "it": it, "box": float(mloss[0]), "obj": float(mloss[1]),
-               "cls": float(mloss[2]), "img_per_s": round(ips, 1), "elapsed_s": round(time.monotonic() - t0, 1)}
+               "cls": float(mloss[2]), "img_per_s": round(ips, 1), "elapsed_s": round(time.monotonic() - self.t0, 1)}
         # Validate on schedule, at the end, and when the budget stops the run (so its weights count).
-        if cfg.val and (stopped or (epoch_done and ((epoch + 1) % cfg.val_every == 0 or it >= total))):
-            tv = time.monotonic()
-            r = validate(ema.ema, cfg.val, cfg.imgsz, device, cfg.val_conf, cfg.val_iou, workers=min(cfg.workers, 8))
-            reserve_s = max(reserve_s, 1.5 * (time.monotonic() - tv) + 10)
-            fitness = 0.1 * r["map50"] + 0.9 * r["map"]
-            rec.update(map50=r["map50"], map=r["map"], precision=r["precision"], recall=r["recall"])
-            if fitness > best_fitness:
-                best_fitness = fitness
-                _save_weights(out / "best.pt", ema.ema, cfg, metrics=rec)
-        history.append(rec)
+        if cfg.val and (self.stopped or (epoch_done and ((epoch + 1) % cfg.val_every == 0 or it >= self.total))):
+            self._validate(rec)
+        self.history.append(rec)
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()), flush=True)
-        save_checkpoint(out / "last.pt", ema.ema, _info(cfg), train_state=state(epoch))
-    done = it >= total
-    if done:
-        if not cfg.val:
-            _save_weights(out / "best.pt", ema.ema, cfg)
-        print(f"finished {total} iterations; best fitness {best_fitness:.4f}", flush=True)
-    else:
-        print(f"time budget reached at iteration {it}/{total}; continue with --resume", flush=True)
-    return {"done": done, "it": it, "total": total, "best_fitness": best_fitness,
-            "last": str(out / "last.pt"), "best": str(out / "best.pt"), "history": history}
+        save_checkpoint(self.out / "last.pt", self.ema.ema, _info(cfg), train_state=self.state(epoch))
+
+    def _validate(self, rec: dict) -> None:
+        """mAP of the EMA weights into ``rec``; the best so far become ``best.pt``."""
+        cfg = self.cfg
+        tv = time.monotonic()
+        r = validate(self.ema.ema, cfg.val, cfg.imgsz, self.device, cfg.val_conf, cfg.val_iou,
+                     workers=min(cfg.workers, 8))
+        self.reserve_s = max(self.reserve_s, 1.5 * (time.monotonic() - tv) + 10)
+        fitness = 0.1 * r["map50"] + 0.9 * r["map"]
+        rec.update(map50=r["map50"], map=r["map"], precision=r["precision"], recall=r["recall"])
+        if fitness > self.best_fitness:
+            self.best_fitness = fitness
+            _save_weights(self.out / "best.pt", self.ema.ema, cfg, metrics=rec)
+
+    def run(self) -> dict:
+        while self.it < self.total and not self.stopped:
+            self.epoch()
+        done = self.it >= self.total
+        if done:
+            if not self.cfg.val:
+                _save_weights(self.out / "best.pt", self.ema.ema, self.cfg)
+            print(f"finished {self.total} iterations; best fitness {self.best_fitness:.4f}", flush=True)
+        else:
+            print(f"time budget reached at iteration {self.it}/{self.total}; continue with --resume", flush=True)
+        return {"done": done, "it": self.it, "total": self.total, "best_fitness": self.best_fitness,
+                "last": str(self.out / "last.pt"), "best": str(self.out / "best.pt"), "history": self.history}
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train (or continue from ``cfg.out/last.pt``). Returns ``{"done", "it", "best_fitness", "last", "best"}``."""
+    return _Run(cfg, resume).run()
 
 
 def make_parser() -> argparse.ArgumentParser:
