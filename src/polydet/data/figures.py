@@ -41,59 +41,75 @@ def figure(wr, x, y, w, h, body: Font):
     if kind == "photo":
         fw = int(min(w * _u(rng, 0.4, 0.9), fh * _u(rng, 0.8, 1.8)))
         wr.overlays.append((_photo, (x + (w - fw) // 2, y, fw, fh)))
+    elif kind in ("plot", "bars"):
+        _chart(wr, x, y, w, fh, lw, body, kind == "plot")
+    elif kind == "diagram":
+        _diagram(wr, x, y, w, fh, lw, body)
+    else:
+        _drawing(wr, x, y, w, fh, lw)
+
+
+def _chart(wr, x, y, w, h, lw, body: Font, plot: bool):
+    """Axes with ticks and labels, then curves (``plot``) or bars."""
+    rng, ink = wr.rng, wr.ink
+    ax0, ay1 = x + int(w * 0.12), y + int(h * 0.88)
+    cv2.line(ink, (ax0, y), (ax0, ay1), 255, lw)
+    cv2.line(ink, (ax0, ay1), (x + w, ay1), 255, lw)
+    for t in np.linspace(ax0, x + w, int(rng.integers(4, 9))):
+        cv2.line(ink, (int(t), ay1), (int(t), ay1 + 3 * lw), 255, lw)
+    small = Font(rng, min(max(4, h / 14), body.size), "any")
+    for t in np.linspace(y, ay1, int(rng.integers(3, 7)))[:-1]:
+        small.line(ink, [str(int(rng.integers(0, 100)))], x, int(t) - small.height // 2)
+    if plot:
+        for k in range(int(rng.integers(1, 4))):
+            xs = np.linspace(ax0, x + w, int(rng.integers(8, 80)))
+            pts = np.stack([xs, _curve(rng, len(xs), y + h * 0.05, ay1)], 1).astype(np.int32)
+            if rng.random() < 0.5:
+                wr.overlays.append((_poly, (pts, lw)))
+            else:
+                cv2.polylines(ink, [pts], False, 255 - 60 * k, lw, cv2.LINE_AA)
         return
-    if kind in ("plot", "bars"):
-        ax0, ay1 = x + int(w * 0.12), y + int(fh * 0.88)
-        cv2.line(ink, (ax0, y), (ax0, ay1), 255, lw)
-        cv2.line(ink, (ax0, ay1), (x + w, ay1), 255, lw)
-        for t in np.linspace(ax0, x + w, int(rng.integers(4, 9))):
-            cv2.line(ink, (int(t), ay1), (int(t), ay1 + 3 * lw), 255, lw)
-        small = Font(rng, min(max(4, fh / 14), body.size), "any")
-        for t in np.linspace(y, ay1, int(rng.integers(3, 7)))[:-1]:
-            small.line(ink, [str(int(rng.integers(0, 100)))], x, int(t) - small.height // 2)
-        if kind == "plot":
-            for k in range(int(rng.integers(1, 4))):
-                xs = np.linspace(ax0, x + w, int(rng.integers(8, 80)))
-                pts = np.stack([xs, _curve(rng, len(xs), y + fh * 0.05, ay1)], 1).astype(np.int32)
-                if rng.random() < 0.5:
-                    wr.overlays.append((_poly, (pts, lw)))
-                else:
-                    cv2.polylines(ink, [pts], False, 255 - 60 * k, lw, cv2.LINE_AA)
+    n = int(rng.integers(3, 12))
+    bw = (x + w - ax0) / n
+    vals = rng.uniform(0.1, 0.95, n)
+    for i, v in enumerate(vals):
+        r = (int(ax0 + bw * (i + 0.15)), int(ay1 - v * (ay1 - y)), int(ax0 + bw * (i + 0.85)), ay1)
+        if rng.random() < 0.5:
+            wr.overlays.append((_rect, (r,)))
         else:
-            n = int(rng.integers(3, 12))
-            bw = (x + w - ax0) / n
-            vals = rng.uniform(0.1, 0.95, n)
-            for i, v in enumerate(vals):
-                r = (int(ax0 + bw * (i + 0.15)), int(ay1 - v * (ay1 - y)), int(ax0 + bw * (i + 0.85)), ay1)
-                if rng.random() < 0.5:
-                    wr.overlays.append((_rect, (r,)))
-                else:
-                    cv2.rectangle(ink, r[:2], r[2:], int(rng.integers(60, 256)), -1)
-        return
-    if kind == "diagram":  # boxes with labels joined by arrows
-        small = Font(rng, min(max(4, fh / 10), body.size * 1.2), "any")
-        n = int(rng.integers(2, 6))
-        boxes = []
-        for i in range(n):
-            bx = x + int(w * (i + 0.1) / n)
-            by = y + int(rng.uniform(0.05, 0.6) * fh)
-            bw, bh = int(w / n * 0.75), int(fh * _u(rng, 0.2, 0.35))
-            cv2.rectangle(ink, (bx, by), (bx + bw, by + bh), 255, lw)
-            small.line(ink, [random_word(rng)], bx + 2, by + bh // 2 - small.height // 2, bw - 4, 255, "center")
-            boxes.append((bx, by, bw, bh))
-        for a, b in zip(boxes, boxes[1:]):
-            cv2.arrowedLine(ink, (a[0] + a[2], a[1] + a[3] // 2), (b[0], b[1] + b[3] // 2), 255, lw,
-                            cv2.LINE_AA, tipLength=0.15)
-        return
-    for _ in range(int(rng.integers(3, 12))):  # technical line drawing
-        c = (int(x + _u(rng, 0.1, 0.9) * w), int(y + _u(rng, 0.1, 0.9) * fh))
-        s = int(min(w, fh) * _u(rng, 0.05, 0.4))
+            cv2.rectangle(ink, r[:2], r[2:], int(rng.integers(60, 256)), -1)
+
+
+def _diagram(wr, x, y, w, h, lw, body: Font):
+    """Boxes with labels joined by arrows."""
+    rng, ink = wr.rng, wr.ink
+    small = Font(rng, min(max(4, h / 10), body.size * 1.2), "any")
+    n = int(rng.integers(2, 6))
+    boxes = []
+    for i in range(n):
+        bx = x + int(w * (i + 0.1) / n)
+        by = y + int(rng.uniform(0.05, 0.6) * h)
+        bw, bh = int(w / n * 0.75), int(h * _u(rng, 0.2, 0.35))
+        cv2.rectangle(ink, (bx, by), (bx + bw, by + bh), 255, lw)
+        small.line(ink, [random_word(rng)], bx + 2, by + bh // 2 - small.height // 2, bw - 4, 255, "center")
+        boxes.append((bx, by, bw, bh))
+    for a, b in zip(boxes, boxes[1:]):
+        cv2.arrowedLine(ink, (a[0] + a[2], a[1] + a[3] // 2), (b[0], b[1] + b[3] // 2), 255, lw,
+                        cv2.LINE_AA, tipLength=0.15)
+
+
+def _drawing(wr, x, y, w, h, lw):
+    """A technical line drawing: circles, rectangles and lines."""
+    rng, ink = wr.rng, wr.ink
+    for _ in range(int(rng.integers(3, 12))):
+        c = (int(x + _u(rng, 0.1, 0.9) * w), int(y + _u(rng, 0.1, 0.9) * h))
+        s = int(min(w, h) * _u(rng, 0.05, 0.4))
         if rng.random() < 0.4:
             cv2.circle(ink, c, s, 255, lw, cv2.LINE_AA)
         elif rng.random() < 0.6:
             cv2.rectangle(ink, (c[0] - s, c[1] - s // 2), (c[0] + s, c[1] + s // 2), 255, lw)
         else:
-            cv2.line(ink, c, (int(x + _u(rng, 0, 1) * w), int(y + _u(rng, 0, 1) * fh)), 255, lw, cv2.LINE_AA)
+            cv2.line(ink, c, (int(x + _u(rng, 0, 1) * w), int(y + _u(rng, 0, 1) * h)), 255, lw, cv2.LINE_AA)
 
 
 def _photo(rng, page, x, y, w, h):
