@@ -141,10 +141,79 @@ def _median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def _drive(keys: _Keys, url: str, payloads, n: int, warmup: int, concurrency: int, rss):
+    """Send ``n`` requests of the ``payloads`` mix from ``concurrency`` threads; sample ``rss()`` (the
+    workers' and the Java frontend's RSS) every ``(n - warmup) / 200`` answers from ``warmup`` on, and
+    at the end. Returns ``(samples, latencies, failures, seconds)``: samples ``(answered, seconds,
+    workers' RSS, Java RSS)``, failures ``{"payload: status": count}``."""
+    import requests
+
+    lock = threading.Lock()
+    state = {"next": 0, "done": 0}
+    latencies: list[float] = []
+    failures: dict[str, int] = {}
+
+    def client():
+        s = requests.Session()
+        while True:
+            with lock:
+                i = state["next"]
+                if i >= n:
+                    return
+                state["next"] += 1
+            name, kw, want = payloads[i % len(payloads)]
+            t0 = time.perf_counter()
+            try:
+                got = keys.request(s, "POST", url, "inference", timeout=60, **kw).status_code
+            except requests.RequestException as e:
+                got = type(e).__name__
+            dt = time.perf_counter() - t0
+            with lock:
+                state["done"] += 1
+                latencies.append(dt)
+                if got != want:
+                    label = f"{name}: {got}"
+                    failures[label] = failures.get(label, 0) + 1
+
+    step = max(5, (n - warmup) // 200)
+    samples: list[tuple[int, float, int, int]] = []
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    t_start = time.perf_counter()
+    for t in threads:
+        t.start()
+    next_sample = warmup
+    while any(t.is_alive() for t in threads):
+        done = state["done"]
+        if done >= next_sample:
+            samples.append((done, time.perf_counter() - t_start, *rss()))
+            while next_sample <= done:  # answers arrive a batch at a time: keep the grid fixed
+                next_sample += step
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t_start
+    samples.append((state["done"], elapsed, *rss()))
+    return samples, latencies, failures, elapsed
+
+
+def _memory(out: dict, samples: list[tuple[int, float, int, int]]) -> None:
+    """RSS growth of the workers and of Java into ``out``, and the verdict ``out["ok"]``."""
+
+    def growth(col):
+        first, last = [s[col] for s in samples[:5]], [s[col] for s in samples[-5:]]
+        return _median(first), _median(last), max(s[col] for s in samples), _median(last) / _median(first) - 1
+
+    mib = 2**20
+    for name, col in (("worker", 2), ("java", 3)):
+        base, final, peak, g = growth(col)
+        out[name] = {"baseline_mib": round(base / mib, 1), "final_mib": round(final / mib, 1),
+                     "peak_mib": round(peak / mib, 1), "growth": round(g, 4)}
+    out["rss_trace_mib"] = [[d, round(t, 1), round(w / mib, 1), round(j / mib, 1)] for d, t, w, j in samples[::10]]
+    out["ok"] = (not out["failures"] and not out["worker_restarted"] and out["worker"]["growth"] < out["max_growth"]
+                 and out["java"]["growth"] < out["max_growth"])
+
+
 def run_soak(store: Path, config: Path, run_dir: Path, n: int, warmup: int, concurrency: int,
              max_growth: float) -> dict:
     import psutil
-    import requests
 
     from polydet.serving.server import Ports, TorchServe
 
@@ -157,62 +226,14 @@ def run_soak(store: Path, config: Path, run_dir: Path, n: int, warmup: int, conc
         worker_pids = _worker_pids(ts, keys)
         java, workers = psutil.Process(ts.pid), [psutil.Process(p) for p in worker_pids]
 
-        def workers_rss() -> int:
-            return sum(w.memory_info().rss for w in workers)
+        def rss() -> tuple[int, int]:
+            return sum(w.memory_info().rss for w in workers), java.memory_info().rss
+
         url = f"{ts.inference_url}/predictions/polydet"
-
-        lock = threading.Lock()
-        state = {"next": 0, "done": 0}
-        latencies: list[float] = []
-        failures: dict[str, int] = {}
-
-        def client():
-            s = requests.Session()
-            while True:
-                with lock:
-                    i = state["next"]
-                    if i >= n:
-                        return
-                    state["next"] += 1
-                name, kw, want = payloads[i % len(payloads)]
-                t0 = time.perf_counter()
-                try:
-                    got = keys.request(s, "POST", url, "inference", timeout=60, **kw).status_code
-                except requests.RequestException as e:
-                    got = type(e).__name__
-                dt = time.perf_counter() - t0
-                with lock:
-                    state["done"] += 1
-                    latencies.append(dt)
-                    if got != want:
-                        label = f"{name}: {got}"
-                        failures[label] = failures.get(label, 0) + 1
-
-        step = max(5, (n - warmup) // 200)
-        samples: list[tuple[int, float, int, int]] = []  # (done, seconds, workers' RSS, java RSS)
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-        t_start = time.perf_counter()
-        for t in threads:
-            t.start()
-        next_sample = warmup
-        while any(t.is_alive() for t in threads):
-            done = state["done"]
-            if done >= next_sample:
-                samples.append((done, time.perf_counter() - t_start, workers_rss(), java.memory_info().rss))
-                while next_sample <= done:  # answers arrive a batch at a time: keep the grid fixed
-                    next_sample += step
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - t_start
-        samples.append((state["done"], elapsed, workers_rss(), java.memory_info().rss))
+        samples, latencies, failures, elapsed = _drive(keys, url, payloads, n, warmup, concurrency, rss)
         restarted = _worker_pids(ts, keys) != worker_pids
     finally:
         ts.stop()
-
-    def growth(col):
-        first, last = [s[col] for s in samples[:5]], [s[col] for s in samples[-5:]]
-        return _median(first), _median(last), max(s[col] for s in samples), _median(last) / _median(first) - 1
-
-    mib = 2**20
     lat = sorted(latencies)
     out = {"requests": n, "warmup": warmup, "concurrency": concurrency, "ready_seconds": round(ready_s, 1),
            "seconds": round(elapsed, 1), "req_per_s": round(n / elapsed, 1),
@@ -220,13 +241,7 @@ def run_soak(store: Path, config: Path, run_dir: Path, n: int, warmup: int, conc
                           "max": round(lat[-1] * 1e3, 1)},
            "failures": failures, "key_renewals": keys.renewals, "workers": len(worker_pids), "worker_restarted": restarted,
            "samples": len(samples), "max_growth": max_growth}
-    for name, col in (("worker", 2), ("java", 3)):
-        base, final, peak, g = growth(col)
-        out[name] = {"baseline_mib": round(base / mib, 1), "final_mib": round(final / mib, 1),
-                     "peak_mib": round(peak / mib, 1), "growth": round(g, 4)}
-    out["rss_trace_mib"] = [[d, round(t, 1), round(w / mib, 1), round(j / mib, 1)] for d, t, w, j in samples[::10]]
-    out["ok"] = (not failures and not restarted and out["worker"]["growth"] < max_growth
-                 and out["java"]["growth"] < max_growth)
+    _memory(out, samples)
     return out
 
 

@@ -34,7 +34,7 @@ GRID = {
 }
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--imgsz", type=int, default=224)
     p.add_argument("--concurrency", type=int, default=8)
@@ -44,7 +44,30 @@ def main(argv=None) -> int:
     p.add_argument("--transport", action="store_true", help="instead: TorchServe's own cost per request, with "
                    "benchmarks/noop_handler.py, per JVM / netty setting")
     p.add_argument("--out", default=None, help="folder for tune_cpu.csv")
-    args = p.parse_args(argv)
+    return p
+
+
+def _rest_row(ts, token: str, jpegs, args, s: ServeSettings) -> dict:
+    """Served REST throughput at ``args.concurrency`` clients (with the server's CPU and queue), and p50
+    latency at one client, for setting ``s`` on TorchServe ``ts``: one row of the table."""
+    closed_loop(rest_caller(ts.inference_url, token, jpegs), args.concurrency, 3.0, warmup_s=0)
+    with ServerProbe(ts) as probe:
+        r = closed_loop(rest_caller(ts.inference_url, token, jpegs), args.concurrency,
+                        args.seconds, warmup_s=1.0)
+    lat = closed_loop(rest_caller(ts.inference_url, token, jpegs), 1, args.latency_seconds,
+                      warmup_s=0.5)
+    pr = probe.result
+    return {"way": "REST", "workers": s.workers, "threads": s.threads, "batch": s.batch_size,
+            "delay": s.max_batch_delay, "netty": s.netty_threads or "default", "img_per_s": r["req_per_s"],
+            "p50_c1_ms": lat["p50_ms"], "p99_ms": r["p99_ms"], "failures": r["failures"],
+            "cpu_ms_per_img": sum(pr[f"cpu_{c}_ms_per_req"] for c in ("frontend", "workers", "client")),
+            "cpu_frontend": pr["cpu_frontend_ms_per_req"], "cpu_workers": pr["cpu_workers_ms_per_req"],
+            "cpu_client": pr["cpu_client_ms_per_req"], "queue_ms": pr["queue_ms"],
+            "batch_avg": pr["PolydetBatchSize_avg"]}
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
     if args.transport:
         return transport(args)
     weights = weights_or_random()
@@ -76,21 +99,7 @@ def main(argv=None) -> int:
                                       netty_threads=netty)
                     if j:
                         register_model(ts, s, replace=True)
-                    closed_loop(rest_caller(ts.inference_url, token, jpegs), args.concurrency, 3.0, warmup_s=0)
-                    with ServerProbe(ts) as probe:
-                        r = closed_loop(rest_caller(ts.inference_url, token, jpegs), args.concurrency,
-                                        args.seconds, warmup_s=1.0)
-                    lat = closed_loop(rest_caller(ts.inference_url, token, jpegs), 1, args.latency_seconds,
-                                      warmup_s=0.5)
-                    pr = probe.result
-                    rows.append({"way": "REST", "workers": workers, "threads": threads, "batch": batch,
-                                 "delay": delay, "netty": netty or "default", "img_per_s": r["req_per_s"],
-                                 "p50_c1_ms": lat["p50_ms"], "p99_ms": r["p99_ms"], "failures": r["failures"],
-                                 "cpu_ms_per_img": sum(pr[f"cpu_{c}_ms_per_req"] for c in ("frontend", "workers",
-                                                                                         "client")),
-                                 "cpu_frontend": pr["cpu_frontend_ms_per_req"], "cpu_workers": pr["cpu_workers_ms_per_req"],
-                                 "cpu_client": pr["cpu_client_ms_per_req"], "queue_ms": pr["queue_ms"],
-                                 "batch_avg": pr["PolydetBatchSize_avg"]})
+                    rows.append(_rest_row(ts, token, jpegs, args, s))
                     print(rows[-1], flush=True)
         reference("end")
     print(f"\n{t0}; weights {Path(weights).name}; imgsz {args.imgsz}; {args.concurrency} clients x "
