@@ -98,14 +98,8 @@ def plot_nms(rows: list[dict], png: str | Path, title: str = "") -> Path:
     ax.plot(n, [_num(r["shapely_ms"]) for r in rs], "s--", label="shapely loop (the seeds' way)")
     if any("shapely_cached_ms" in r for r in rs):
         ax.plot(n, [_num(r.get("shapely_cached_ms")) for r in rs], "^:", label="shapely loop, hulls built once")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("candidates after the conf filter")
-    ax.set_ylabel("ms per image")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "polygon NMS", fontsize=10)
-    return _save(fig, png)
+    return _save_log_log(fig, ax, png, "candidates after the conf filter", "ms per image", title or "polygon NMS",
+                         legend_size=8)
 
 
 def plot_gpu(rows: list[dict], png: str | Path, title: str = "") -> Path:
@@ -117,13 +111,19 @@ def plot_gpu(rows: list[dict], png: str | Path, title: str = "") -> Path:
         rs = sorted((r for r in rows if keyf(r) == key), key=lambda r: _num(r["batch"]))
         ax.plot([_num(r["batch"]) for r in rs], [_num(r["img_per_s"]) for r in rs], "o-",
                 label=f"{key[0]} {key[1]} {key[2]}")
-    ax.set_xscale("log", base=2)
+    return _save_log_log(fig, ax, png, "batch", "images / s (model only)", title or "GPU model-only throughput",
+                         legend_size=7, xbase=2)
+
+
+def _save_log_log(fig, ax, png, xlabel: str, ylabel: str, title: str, legend_size: int, xbase: int = 10) -> Path:
+    """Log-log axes with labels, grid, legend and title; the figure saved as ``png``."""
+    ax.set_xscale("log", base=xbase)
     ax.set_yscale("log")
-    ax.set_xlabel("batch")
-    ax.set_ylabel("images / s (model only)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title or "GPU model-only throughput", fontsize=10)
+    ax.legend(fontsize=legend_size)
+    ax.set_title(title, fontsize=10)
     return _save(fig, png)
 
 
