@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--model", default="polygon_yolov5n")
     a = ap.parse_args()
-    # Workers are forked: a live OpenCV thread pool in the parent deadlocks them (see trainer.make_loader).
+    # Workers are forked: a live OpenCV thread pool in the parent deadlocks them (see polydet.train.loader.make_loader).
     cv2.setNumThreads(1)
     faulthandler.dump_traceback_later(150, exit=True)  # a hang costs device time: die loudly instead
     for s in a.imgsz:
