@@ -82,11 +82,12 @@ batchSize: ${BATCH_SIZE:-4}
 maxBatchDelay: ${MAX_BATCH_DELAY:-1}  # ms a worker waits to fill a batch
 responseTimeout: ${RESPONSE_TIMEOUT:-60}  # s
 handler:
-  conf: ${CONF:-0.25}
-  iou: ${IOU:-0.45}
-  max_det: ${MAX_DET:-100}
-  multi_label: ${MULTI_LABEL:-false}
-  agnostic: ${AGNOSTIC:-false}
+  options:
+    conf: ${CONF:-0.25}
+    iou: ${IOU:-0.45}
+    max_det: ${MAX_DET:-100}
+    multi_label: ${MULTI_LABEL:-false}
+    agnostic: ${AGNOSTIC:-false}
   max_pixels: ${MAX_PIXELS:-50000000}
   torch_threads: ${TORCH_THREADS:-1}
 EOF

@@ -34,6 +34,7 @@ from polydet.export import export  # noqa: E402
 from polydet.imageio import decode_image  # noqa: E402
 from polydet.ops.letterbox import PAD_VALUE, Letterbox, letterbox_shape  # noqa: E402
 from polydet.pipeline import Detector  # noqa: E402
+from polydet.preprocess import Frame  # noqa: E402
 
 
 def gpu_prepare(det: Detector, jpegs: list[bytes]):
@@ -52,8 +53,8 @@ def gpu_prepare(det: Detector, jpegs: list[bytes]):
         top, left = (oh - nh) // 2, (ow - nw) // 2
         small = F.interpolate(im[None].to(x.dtype), size=(nh, nw), mode="bilinear", align_corners=False)
         x[i, :, top:top + nh, left:left + nw] = small[0].round_().clamp_(0, 255).div_(255.0)
-        prepared.append((None, (h, w), Letterbox(scale=r, pad=(float(left), float(top)), in_shape=(h, w),
-                                                 out_shape=(oh, ow))))
+        prepared.append(Frame(None, Letterbox(scale=r, pad=(float(left), float(top)), in_shape=(h, w),
+                                              out_shape=(oh, ow))))
     return x, prepared
 
 
@@ -69,7 +70,8 @@ def run_way(det: Detector, way: str, jpegs: list[bytes], batch: int, seconds: fl
             x, prepared = gpu_prepare(det, chunk)
         else:
             images = list(pool.map(decode_image, chunk)) if pool else chunk
-            x, prepared = det.preprocess(images)
+            prep = det.preprocessor(images)
+            x, prepared = prep.batch, prep.frames
         torch.cuda.synchronize()
         t1 = time.perf_counter()
         pred = det.backend(x)
@@ -84,7 +86,7 @@ def run_way(det: Detector, way: str, jpegs: list[bytes], batch: int, seconds: fl
     total = sum(stages.values())
     row = {"way": way, "batch": batch, "img_per_s": n / total}
     row.update({f"{k}_ms_per_img": v * 1e3 / n for k, v in stages.items()})
-    row["detections_last_batch"] = sum(len(r["detections"]) for r in results)
+    row["detections_last_batch"] = sum(len(r) for r in results)
     return row
 
 
@@ -109,14 +111,14 @@ def main(argv=None) -> int:
         path, _ = export(weights, "torchscript", out=Path(tmp) / "m.torchscript", imgsz=args.imgsz, verify=False)
         for nms in args.nms.split(","):
             os.environ["POLYDET_NMS"] = nms
-            det = Detector.from_artifact(path, device="cuda", half=args.half)
+            det = Detector.from_artifact(path, device="cuda", precision="fp16" if args.half else None)
             # The GPU way must find what the CPU way finds (same geometry; resize filters differ slightly).
             a = det.detect(jpegs[:8])
             x, prep = gpu_prepare(det, jpegs[:8])
             b = det.postprocess(det.backend(x), prep, [det.options] * 8)
             label = f"{nms} ({det.nms_backend}, {'cpu' if det.nms_on_cpu else 'gpu'})"
-            print(f"NMS {label}; detections cpu-decode / gpu-decode on 8 images:", [len(r["detections"]) for r in a],
-                  [len(r["detections"]) for r in b], flush=True)
+            print(f"NMS {label}; detections cpu-decode / gpu-decode on 8 images:", [len(r) for r in a],
+                  [len(r) for r in b], flush=True)
             for batch in [int(v) for v in args.batches.split(",")]:
                 for key, way, use_pool in (("cpu-decode", "cpu-decode", None),
                                            ("threads", f"cpu-decode x{args.threads} threads", pool),

@@ -1,9 +1,9 @@
 """CPU per image of the library's in-process path vs the TorchServe handler's path, one process, 1 thread.
 
-The handler (polydet.serving.handling.BatchAnswerer) decodes each request on its own (so that a bad one
-gets its own 4xx) with ``decode_image`` -> BGR, then ``Detector.detect(arrays)`` turns the arrays back
-into RGB; ``Detector.detect(bytes)`` decodes straight to RGB. This measures what each step costs on the
-JPEG pool of the load tests (bundled weights if present, at their input size), batches of 4, best of 3.
+The handler's path is polydet.serving.service.DetectionService.answer (request parsing, the pipeline on
+the bytes, the contract dicts) plus json.dumps; the library's is ``Detector.detect(bytes)``. Both decode
+straight to RGB once. This measures what each step costs on the JPEG pool of the load tests (bundled
+weights if present, at their input size), batches of 4, best of 3.
 
     .venv/bin/python benchmarks/handler_path_cost.py
 """
@@ -26,7 +26,7 @@ from polydet.bench.common import sample_jpegs, weights_or_random  # noqa: E402
 from polydet.export import export  # noqa: E402
 from polydet.imageio import decode_image  # noqa: E402
 from polydet.pipeline import Detector  # noqa: E402
-from polydet.serving.handling import BatchAnswerer, HandlerConfig  # noqa: E402
+from polydet.serving.service import DetectionService  # noqa: E402
 
 
 def cpu_s() -> float:
@@ -39,15 +39,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path, _ = export(weights_or_random(), "torchscript", out=Path(tmp) / "m.torchscript", verify=False)
         det = Detector.from_artifact(path)
-    answerer = BatchAnswerer(det, HandlerConfig())
+    service = DetectionService(det)
     jpegs = sample_jpegs(16, (320, 640, 1024, 1600))
     ways = {
         "Detector.detect(bytes) (in-process)": det.detect,
         "decode_image(rgb=True) only": lambda c: [decode_image(b, rgb=True) for b in c],
         "decode_image() -> BGR only": lambda c: [decode_image(b) for b in c],
         "Detector.detect(decode_image() arrays)": lambda c: det.detect([decode_image(b) for b in c]),
-        "BatchAnswerer.answer + json.dumps (handler)": lambda c: [
-            json.dumps(x, separators=(",", ":")) for x in answerer.answer([{"body": bytearray(b)} for b in c])[0]],
+        "DetectionService.answer + json.dumps (handler)": lambda c: [
+            json.dumps(r.body, separators=(",", ":")) for r in service.answer([{"body": bytearray(b)} for b in c])[0]],
     }
     print("| way | CPU ms per image (best of 3) |\n|---|---|")
     for name, fn in ways.items():

@@ -35,10 +35,10 @@ def main() -> None:
             total, stages = [], {"preprocess": [], "inference": [], "postprocess": []}
             for i in range(a.n):
                 t = time.perf_counter()
-                det.detect([imgs[i % len(imgs)]])
+                timings = det.detect([imgs[i % len(imgs)]]).timings
                 total.append((time.perf_counter() - t) * 1e3)
                 for k in stages:
-                    stages[k].append(det.last_timings[k])
+                    stages[k].append(getattr(timings, k))
             med = {k: statistics.median(v) for k, v in stages.items()}
             print(f"{Path(w).name} imgsz {det.info.imgsz} threads {th}: {statistics.median(total):.1f} ms median "
                   f"(pre {med['preprocess']:.1f}, model {med['inference']:.1f}, post {med['postprocess']:.1f})",

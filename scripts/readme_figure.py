@@ -30,7 +30,7 @@ def main() -> None:
     for path in args.images:
         img = cv2.imread(path)
         res = det.detect([img], DetectOptions())[0]
-        print(json.dumps({"image": path, **res}))
+        print(json.dumps({"image": path, **res.to_dict()}))
         drawn = draw_detections(img, res)
         w = round(drawn.shape[1] * args.height / drawn.shape[0])
         tiles.append(cv2.resize(drawn, (w, args.height), interpolation=cv2.INTER_AREA))

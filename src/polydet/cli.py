@@ -77,50 +77,49 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _predict(args) -> int:
-    from .errors import PolydetError
     from .pipeline import Detector, DetectOptions
+    from .results import ImageError
 
     opts = DetectOptions.from_dict({"conf": args.conf, "iou": args.iou, "max_det": args.max_det,
                                     "multi_label": args.multi_label, "agnostic": args.agnostic})
-    det = Detector.from_artifact(args.model, device=args.device, half=args.half, options=opts)
+    det = Detector.from_artifact(args.model, device=args.device, precision="fp16" if args.half else None,
+                                 options=opts)
     outdir = Path(args.draw) if args.draw else None
     if outdir:
         outdir.mkdir(parents=True, exist_ok=True)
     failed = 0
     for start in range(0, len(args.images), args.batch):
-        paths = args.images[start : start + args.batch]
-        datas, good = [], []
-        for path in paths:
+        paths, datas = [], []
+        for path in args.images[start : start + args.batch]:
             try:
                 datas.append(Path(path).read_bytes())
-                good.append(path)
+                paths.append(path)
             except OSError as e:
                 print(f"{path}: {e}", file=sys.stderr)
                 failed += 1
-        # decode one by one so one bad file does not sink the batch
-        images, names = [], []
-        from .imageio import decode_image
-
-        for path, data in zip(good, datas):
-            try:
-                images.append(decode_image(data, det.max_pixels))
-                names.append(path)
-            except PolydetError as e:
-                print(f"{path}: {e}", file=sys.stderr)
+        batch = det.detect(datas) if datas else []
+        for path, res, rgb in zip(paths, batch, batch.pixels if datas else []):
+            if isinstance(res, ImageError):  # one bad file fails only itself
+                print(f"{path}: {res.reason}", file=sys.stderr)
                 failed += 1
-        for path, img, res in zip(names, images, det.detect(images) if images else []):
-            if args.json:
-                print(json.dumps({"image": path, **res}))
-            else:
-                summary = ", ".join(f"{d['class_name']} {d['score']:.2f}" for d in res["detections"]) or "nothing"
-                print(f"{path} ({res['width']}x{res['height']}): {summary}")
+                continue
+            _print_result(path, res, args.json)
             if outdir:
                 import cv2
 
                 from .draw import draw_detections
 
-                cv2.imwrite(str(outdir / (Path(path).stem + ".jpg")), draw_detections(img, res))
+                cv2.imwrite(str(outdir / (Path(path).stem + ".jpg")), draw_detections(rgb[..., ::-1], res))
     return 1 if failed else 0
+
+
+def _print_result(path: str, res, as_json: bool) -> None:
+    d = res.to_dict()  # the output contract's rounding, for the summary line too
+    if as_json:
+        print(json.dumps({"image": path, **d}))
+        return
+    summary = ", ".join(f"{x['class_name']} {x['score']:.2f}" for x in d["detections"]) or "nothing"
+    print(f"{path} ({res.width}x{res.height}): {summary}")
 
 
 def _export(args) -> int:

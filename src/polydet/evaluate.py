@@ -10,6 +10,7 @@ returned as ``conf_best_f1``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -193,6 +194,7 @@ def evaluate_artifact(model_path: str | Path, data_dir: str | Path, device: str 
     import cv2
 
     from .pipeline import DetectOptions, Detector
+    from .preprocess import CpuPreprocessor
 
     files = list_images(data_dir)
     det = Detector.from_artifact(model_path, device=device,
@@ -201,7 +203,8 @@ def evaluate_artifact(model_path: str | Path, data_dir: str | Path, device: str 
         if not (det.info.dynamic or det.backend.name == "eager"):
             raise ValueError(f"{model_path} is a fixed {det.info.imgsz} px export: --imgsz {imgsz} needs an "
                              "eager checkpoint or a --dynamic export")
-        det.info.imgsz = imgsz
+        info = dataclasses.replace(det.info, imgsz=imgsz)
+        det = Detector(det.backend, det.options, preprocessor=CpuPreprocessor(info, det.device, det.backend.input_dtype))
     preds, gts, shown = [], [], []
     for i in range(0, len(files), batch):
         imgs = []
@@ -212,8 +215,7 @@ def evaluate_artifact(model_path: str | Path, data_dir: str | Path, device: str 
             imgs.append(im)
             gts.append(read_labels(f.with_suffix(".txt"), im.shape[1], im.shape[0]))
         for res in det.detect(imgs):
-            rows = [[*np.asarray(d["polygon"], float).ravel(), d["score"], d["class_id"]] for d in res["detections"]]
-            preds.append(np.asarray(rows, float).reshape(-1, 10))
+            preds.append(np.concatenate([res.polygons.reshape(-1, 8), res.scores[:, None], res.class_ids[:, None]], 1))
         shown.extend(imgs[:max(0, grid_n - len(shown))])
     names = list(det.info.names)
     result = evaluate(preds, gts, nc=len(names), names=names)

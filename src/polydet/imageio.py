@@ -94,22 +94,3 @@ def _to_rgb(img) -> np.ndarray:
     if mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img)
-
-
-def as_bgr_array(img: np.ndarray) -> np.ndarray:
-    """Validate a caller's array (cv2 convention: BGR/BGRA/gray, uint8 or uint16) -> HxWx3 uint8 BGR."""
-    if not isinstance(img, np.ndarray):
-        raise InvalidInputError(f"expected bytes or a numpy array, got {type(img).__name__}")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)) or min(img.shape[:2]) < 1:
-        raise InvalidInputError(f"array must be HxW, HxWx1, HxWx3 or HxWx4 with H, W >= 1, got {img.shape}")
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise InvalidInputError(f"array dtype must be uint8 or uint16, got {img.dtype}")
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = img[..., :3]
-    return img

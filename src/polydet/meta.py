@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 
 from .errors import ModelLoadError
 
 LAYOUT = "polygon-yolov5/v1: (B, N, 9+nc) rows [x1,y1,x2,y2,x3,y3,x4,y4,obj,cls...] in letterboxed pixels"
+
+
+class Precision(str, Enum):
+    """Numeric precision of an artifact's weights and input (a ``str`` so it serialises as its value)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"  # fp16 input and weights (GPU runtimes)
+    INT8 = "int8"  # quantized weights/activations; the input stays fp32
+
+    @property
+    def input_half(self) -> bool:
+        return self is Precision.FP16
 
 
 @dataclass
@@ -17,8 +30,18 @@ class ModelInfo:
     stride: int = 32  # max stride: letterboxed sides must be multiples of it
     letterbox: str = "square"  # "square": fixed imgsz x imgsz; "auto": minimum stride-aligned rectangle
     dynamic: bool = False  # True when the artifact accepts any stride-aligned HxW and batch
-    half: bool = False  # True when the artifact expects fp16 input
+    precision: Precision = Precision.FP32
+    passes: tuple[str, ...] = ()  # graph passes the export ran, in order (polydet.export.FORMATS)
     layout: str = LAYOUT
+
+    def __post_init__(self):
+        self.precision = Precision(self.precision)
+        self.passes = tuple(self.passes)
+
+    @property
+    def half(self) -> bool:
+        """The artifact expects fp16 input."""
+        return self.precision.input_half
 
     @property
     def nc(self) -> int:
@@ -33,9 +56,14 @@ class ModelInfo:
             d = json.loads(text)
         except ValueError as e:
             raise ModelLoadError(f"artifact metadata is not valid JSON: {e}") from e
+        if "half" in d:  # artifacts exported before the precision field: half: bool
+            d["precision"] = Precision.FP16.value if d.pop("half") else d.get("precision", Precision.FP32.value)
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ModelLoadError(f"artifact metadata has unknown keys {sorted(unknown)}")
         if d.get("letterbox", "square") not in ("square", "auto"):
             raise ModelLoadError(f"artifact metadata: letterbox must be 'square' or 'auto', got {d['letterbox']!r}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ModelLoadError(f"artifact metadata: {e}") from e

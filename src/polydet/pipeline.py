@@ -1,28 +1,35 @@
-"""Detector: image bytes or arrays -> letterbox -> batch -> backend -> NMS -> original-image polygons.
+"""Detector: images (bytes or arrays) -> Preprocessor -> backend -> NMS -> typed results.
 
-Knows nothing of TorchServe or HTTP; transports call ``decode_image`` per request (to isolate bad
-inputs) and ``Detector.detect`` per batch.
+Knows nothing of TorchServe or HTTP. ``Detector.detect`` takes a batch of inputs of any sizes and returns
+a :class:`~polydet.results.BatchResult`: per input its :class:`~polydet.results.Detections` or its
+:class:`~polydet.results.ImageError`, and the batch's stage timings. Bad inputs fail only themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from .backends import Backend, load_backend
 from .errors import InvalidInputError
-from .imageio import DEFAULT_MAX_PIXELS, as_bgr_array, decode_image
+from .imageio import DEFAULT_MAX_PIXELS, decode_image
 from .meta import ModelInfo
-from .ops.letterbox import letterbox
+from .ops.letterbox import PAD_VALUE
 from .ops.nms import polygon_nms
 from .ops.nms import warmup as nms_warmup
+from .preprocess import RGB, CpuPreprocessor, Frame, ImageInput, Preprocessor, error_of
+from .results import BatchResult, Detections, ImageError, Result, Timings
 
 __all__ = ["DetectOptions", "Detector", "decode_image"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,44 +71,56 @@ class Detector:
     """Polygon detection over any backend. ``detect`` takes a batch of images of any sizes.
 
     Building one calls :meth:`warmup` (``warmup=False`` leaves it to the first ``detect``).
+    ``preprocessor``: the decode + letterbox stage; by default the CPU one for the backend's model.
     """
 
     def __init__(self, backend: Backend, options: DetectOptions | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, warmup: bool = True):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, warmup: bool = True,
+                 preprocessor: Preprocessor | None = None):
         self.backend = backend
-        self.info: ModelInfo = backend.info
         self.options = options or DetectOptions()
         self.max_pixels = max_pixels
-        self.last_timings: dict[str, float] = {}
+        self.preprocessor = preprocessor or CpuPreprocessor(backend.info, backend.device, backend.input_dtype,
+                                                            max_pixels)
+        # the model facts images are prepared for (the backend's, unless a preprocessor says otherwise,
+        # e.g. an eager model run at another input size)
+        self.info: ModelInfo = self.preprocessor.info
         self.nms_backend: str | None = None  # the NMS path found by warmup(): "numba" or "torch"
         self.nms_on_cpu = False  # predictions on a GPU are copied to the CPU for the numba kernel
         if warmup:
             self.warmup()
 
+    @classmethod
+    def from_artifact(cls, path: str | Path, device: str | torch.device = "cpu", precision=None,
+                      options: DetectOptions | None = None, **kw) -> "Detector":
+        return cls(load_backend(path, device=device, precision=precision), options=options, **kw)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
     def warmup(self, batch_sizes: tuple[int, ...] = ()) -> str:
         """Load the NMS path this detector's predictions will take, so that the first request does not:
-        the numba kernel for CPU predictions (~1 s from numba's cache, ~8 s compiling, once per process).
+        the numba kernel for CPU predictions (from numba's cache, or compiled, once per process).
         Returns "numba" or "torch". Where numba cannot load, "torch", as polygon_nms would fall back
         (logged once); an invalid ``$POLYDET_NMS``, or ``POLYDET_NMS=numba`` where it cannot run, raises
         here rather than failing every request later.
 
-        ``batch_sizes``: then run the whole pipeline once per entry on blank (pad-grey) images of the model's
-        input size, in that order. A TorchScript artifact's first two calls go through the profiling
-        executor (on this CPU at 224: ~200 and ~75 ms vs ~22 ms after) and a new batch size costs ~30 ms
-        once more; the TorchServe handler warms with (1, 1, batchSize) while its worker starts.
+        ``batch_sizes``: then run the whole pipeline once per entry on blank (pad-grey) images of the
+        model's input size, in that order: a TorchScript artifact's first calls go through the profiling
+        executor and a new batch size costs once more; the TorchServe handler warms with (1, 1, batchSize)
+        while its worker starts.
         """
         self._warm_nms()
-        if batch_sizes:
-            blank = np.full((self.info.imgsz, self.info.imgsz, 3), 114, dtype=np.uint8)
-            for n in batch_sizes:
-                if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                    raise ValueError(f"warm-up batch sizes must be positive integers, got {n!r}")
-                self.detect([blank] * n, rgb=True)
-            self.last_timings = {}
+        blank = RGB(np.full((self.info.imgsz, self.info.imgsz, 3), PAD_VALUE, dtype=np.uint8))
+        for n in batch_sizes:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"warm-up batch sizes must be positive integers, got {n!r}")
+            self.detect([blank] * n)
         return self.nms_backend
 
     def _warm_nms(self) -> None:
-        device = torch.device(getattr(self.backend, "output_device", None) or self.device)
+        device = torch.device(self.backend.output_device)
         if device.type == "cpu":
             self.nms_backend = nms_warmup(device, torch.float32)  # every backend returns float32 predictions
             self.nms_on_cpu = False
@@ -112,82 +131,75 @@ class Detector:
             self.nms_backend = nms_warmup("cpu", torch.float32)
             self.nms_on_cpu = self.nms_backend == "numba"
 
-    @classmethod
-    def from_artifact(cls, path: str | Path, device: str | torch.device = "cpu", half: bool = False,
-                      options: DetectOptions | None = None, **kw) -> "Detector":
-        return cls(load_backend(path, device=device, half=half), options=options, **kw)
-
-    @property
-    def device(self) -> torch.device:
-        return self.backend.device
-
-    def _prepare(self, image, rgb_input: bool = False) -> tuple[np.ndarray, tuple[int, int], object]:
-        """-> (letterboxed RGB uint8, original (h, w), Letterbox)."""
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            rgb = decode_image(image, self.max_pixels, rgb=True)
-        elif rgb_input:
-            rgb = as_bgr_array(image)  # same validation; the channels are already R, G, B
-        else:
-            rgb = as_bgr_array(image)[..., ::-1]
-        auto = self.info.letterbox == "auto" and self.info.dynamic
-        out, lb = letterbox(np.ascontiguousarray(rgb), self.info.imgsz, self.info.stride, auto=auto)
-        return out, rgb.shape[:2], lb
-
-    def preprocess(self, images: list, rgb: bool = False) -> tuple[torch.Tensor, list]:
-        """Letterbox each image and stack into a (B,3,H,W) float batch on the backend's device."""
-        prepared = [self._prepare(im, rgb) for im in images]
-        h = max(p[0].shape[0] for p in prepared)
-        w = max(p[0].shape[1] for p in prepared)
-        batch = np.full((len(prepared), h, w, 3), 114, dtype=np.uint8)
-        for i, (im, _, _) in enumerate(prepared):  # rectangles of different sizes: pad right/bottom
-            batch[i, : im.shape[0], : im.shape[1]] = im
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = x.to(self.backend.input_dtype).div_(255.0)
-        return x, prepared
-
-    def detect(self, images: list, options: DetectOptions | list[DetectOptions] | None = None,
-               rgb: bool = False) -> list[dict]:
-        """Detect in a batch of images (bytes, or HxW[xC] uint8/uint16 arrays in cv2's BGR order, or in
-        RGB order with ``rgb=True``, e.g. from ``decode_image(data, rgb=True)``, which saves a copy).
-
-        Returns one output-contract dict per image. Raises InvalidInputError for a bad image; callers
-        that must isolate bad inputs decode each one first with ``decode_image``.
-        """
+    def detect(self, images: Sequence[ImageInput],
+               options: DetectOptions | Sequence[DetectOptions | None] | None = None) -> BatchResult:
+        """Detect in a batch of images: encoded files (bytes), arrays in cv2's BGR order, or arrays whose
+        order is declared (``preprocess.RGB``/``BGR``). One result per input, in order."""
+        opts = self._options(options, len(images))
         if not images:
-            return []
-        opts = options if isinstance(options, list) else [options or self.options] * len(images)
-        if len(opts) != len(images):
-            raise ValueError(f"{len(opts)} option sets for {len(images)} images")
+            return BatchResult(())
         t0 = time.perf_counter()
-        x, prepared = self.preprocess(images, rgb)
-        t1 = time.perf_counter()
+        prepared = self.preprocessor(images)
+        t = Timings(preprocess=(time.perf_counter() - t0) * 1e3)
+        good = [i for i, item in enumerate(prepared.items) if isinstance(item, Frame)]
+        out: list[Result] = list(prepared.items)
+        if good:
+            found, t2 = self._run(prepared.batch, [prepared.items[i] for i in good], [opts[i] for i in good])
+            t = t + t2
+            for i, r in zip(good, found):
+                out[i] = r
+        pixels = tuple(item.rgb if isinstance(item, Frame) else None for item in prepared.items)
+        return BatchResult(tuple(out), t, pixels)
+
+    def _options(self, options, n: int) -> list[DetectOptions]:
+        if options is None or isinstance(options, DetectOptions):
+            return [options or self.options] * n
+        opts = [o or self.options for o in options]
+        if len(opts) != n:
+            raise ValueError(f"{len(opts)} option sets for {n} images")
+        return opts
+
+    def _run(self, x: torch.Tensor, frames: list[Frame], opts: list[DetectOptions]) -> tuple[list[Result], Timings]:
+        """Model + NMS on the good images; if that fails, image by image, so only a culprit gets the error."""
+        try:
+            return self._infer(x, frames, opts)
+        except Exception as e:  # noqa: BLE001
+            if len(frames) == 1:
+                log.exception("detection failed")
+                return [error_of(e)], Timings()
+            log.warning("batch of %d failed; retrying one by one", len(frames), exc_info=True)
+        results, total = [], Timings()
+        for k in range(len(frames)):
+            r, t = self._run(x[k : k + 1], frames[k : k + 1], opts[k : k + 1])
+            results += r
+            total = total + t
+        return results, total
+
+    def _infer(self, x, frames, opts) -> tuple[list[Result], Timings]:
+        t0 = time.perf_counter()
         pred = self.backend(x)
         if pred.device.type == "cuda":
             torch.cuda.synchronize(pred.device)
-        t2 = time.perf_counter()
-        results = self.postprocess(pred, prepared, opts)
-        t3 = time.perf_counter()
-        self.last_timings = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
-                             "postprocess": (t3 - t2) * 1e3}
-        return results
+        t1 = time.perf_counter()
+        results = self.postprocess(pred, frames, opts)
+        return results, Timings(inference=(t1 - t0) * 1e3, postprocess=(time.perf_counter() - t1) * 1e3)
 
-    def postprocess(self, pred: torch.Tensor, prepared: list, opts: list[DetectOptions]) -> list[dict]:
-        names = self.info.names
+    def postprocess(self, pred: torch.Tensor, frames: list[Frame], opts: list[DetectOptions]) -> list[Detections]:
+        """Head output (B,N,9+nc) of ``frames`` -> NMS -> polygons in each original image."""
         if self.nms_backend is None:  # built with warmup=False: decide now, once
             self._warm_nms()
         if self.nms_on_cpu and pred.device.type != "cpu":
             pred = pred.cpu()
-        results = []
+        names = tuple(self.info.names)
         same = all(o == opts[0] for o in opts)
         kept_all = self._nms(pred, opts[0]) if same else None
-        for i, (_, (h, w), lb) in enumerate(prepared):
-            kept = kept_all[i] if same else self._nms(pred[i : i + 1], opts[i])[0]
-            kept = kept.cpu()
-            polys = lb.unmap(kept[:, :8].reshape(-1, 4, 2).double()).numpy()
-            dets = [{"class_id": int(c), "class_name": names[int(c)] if int(c) < len(names) else str(int(c)),
-                     "score": round(float(s), 5), "polygon": [[round(float(x), 2), round(float(y), 2)] for x, y in p]}
-                    for p, s, c in zip(polys, kept[:, 8].tolist(), kept[:, 9].tolist())]
-            results.append({"width": int(w), "height": int(h), "detections": dets})
+        results = []
+        for i, frame in enumerate(frames):
+            kept = (kept_all[i] if same else self._nms(pred[i : i + 1], opts[i])[0]).cpu()
+            polys = frame.letterbox.unmap(kept[:, :8].reshape(-1, 4, 2).double()).numpy()
+            h, w = frame.size
+            results.append(Detections(w, h, polys, kept[:, 8].numpy().astype(np.float32),
+                                      kept[:, 9].numpy().astype(np.int64), names))
         return results
 
     @staticmethod
@@ -195,5 +207,5 @@ class Detector:
         return polygon_nms(pred, conf=o.conf, iou=o.iou, max_det=o.max_det, multi_label=o.multi_label,
                            agnostic=o.agnostic)
 
-    def __call__(self, images, options=None):
+    def __call__(self, images, options=None) -> BatchResult:
         return self.detect(list(images), options)

@@ -84,8 +84,8 @@ def test_detector_cuda_matches_cpu(tmp_path):
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), rng.integers(0, 255, (900, 300, 3), dtype=np.uint8)]
     opts = DetectOptions(conf=0.01, max_det=30)
-    cpu = Detector.from_artifact(path, device="cpu", options=opts).detect(imgs)
-    gpu = Detector.from_artifact(path, device="cuda", options=opts).detect(imgs)
+    cpu = [r.to_dict() for r in Detector.from_artifact(path, device="cpu", options=opts).detect(imgs)]
+    gpu = [r.to_dict() for r in Detector.from_artifact(path, device="cuda", options=opts).detect(imgs)]
     for a, b in zip(cpu, gpu):
         assert [d["class_id"] for d in a["detections"]] == [d["class_id"] for d in b["detections"]]
         np.testing.assert_allclose([d["polygon"] for d in a["detections"]], [d["polygon"] for d in b["detections"]], atol=0.05)
@@ -169,7 +169,7 @@ def test_detector_on_cuda_runs_nms_where_polydet_nms_says(monkeypatch, tmp_path)
         monkeypatch.setenv("POLYDET_NMS", name)
         det = Detector.from_artifact(path, device="cuda")
         seen.clear()
-        results[name] = det.detect(images, low)
+        results[name] = [r.to_dict() for r in det.detect(images, low)]
         want = "cpu" if det.nms_backend == "numba" else "cuda"
         assert seen and set(seen) == {want}, (name, det.nms_backend, seen)
         print(f"POLYDET_NMS={name}: NMS {det.nms_backend} on {want}")

@@ -72,7 +72,7 @@ def test_predictions_return_the_contract(server, pb, channels, jpeg, local, key)
     req = pb.inference_pb2.PredictionsRequest(model_name="polydet", input={key: jpeg})
     res = json.loads(stub.Predictions(req, metadata=md(server.tokens.inference)).prediction)
     assert_contract(res, 480, 360)
-    assert_same_result(res, local.detect([jpeg])[0])
+    assert_same_result(res, local.detect([jpeg])[0].to_dict())
 
 
 def test_json_request_over_grpc_with_options_and_dewarp(server, jpeg, local):
@@ -80,7 +80,7 @@ def test_json_request_over_grpc_with_options_and_dewarp(server, jpeg, local):
         res = client.predict(jpeg, options={"max_det": 2}, dewarp=True)
     assert_contract(res, 480, 360, extra=("dewarp",))
     assert_same_result({k: res[k] for k in ("width", "height", "detections")},
-                       local.detect([jpeg], local.options.replace(max_det=2))[0])
+                       local.detect([jpeg], local.options.replace(max_det=2))[0].to_dict())
 
 
 def test_a_bad_image_is_answered_in_the_body(server, pb, channels):
@@ -137,7 +137,7 @@ def test_client_cli_grpc(server, jpeg, local, tmp_path, capsys):
     assert client_main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out.pop("image") == str(img)
-    assert_same_result(out, local.detect([jpeg])[0])
+    assert_same_result(out, local.detect([jpeg])[0].to_dict())
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
     assert client_main(argv[:1] + [str(bad)] + argv[2:]) == 1

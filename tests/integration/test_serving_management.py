@@ -49,7 +49,7 @@ def test_second_version_register_scale_set_default_unregister(server, rest, grpc
     assert set(versions) == {"1.0", "2.0"} and [w["status"] for w in versions["2.0"]] == ["READY"]
     res = rest.predict(jpeg, version="2.0")
     assert_contract(res, 480, 360)
-    assert_same_result(res, local.detect([jpeg])[0])
+    assert_same_result(res, local.detect([jpeg])[0].to_dict())
 
     client.scale("polydet", "2.0", min_worker=2, max_worker=2)  # synchronous: returns with the workers up
     assert sorted(w["status"] for w in _versions(client)["2.0"]) == ["READY", "READY"]
@@ -69,7 +69,7 @@ def test_second_version_register_scale_set_default_unregister(server, rest, grpc
     client.set_default("polydet", "1.0")
     assert "unregistered" in client.unregister("polydet", "2.0")["status"]
     assert set(_versions(client)) == {"1.0"}
-    assert_same_result(rest.predict(jpeg), local.detect([jpeg])[0])  # 1.0 still serves
+    assert_same_result(rest.predict(jpeg), local.detect([jpeg])[0].to_dict())  # 1.0 still serves
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_manage_cli_registers_the_onnx_archive_and_it_agrees_with_torchscript(se
     assert d["modelUrl"] == "polydet_onnx.mar" and [w["status"] for w in d["workers"]] == ["READY"]
     res = rest.predict(jpeg, model="polydet_onnx")
     assert_contract(res, 480, 360)
-    assert_same_result(res, local.detect([jpeg])[0], px=0.05, score=1e-3)  # ONNX Runtime vs TorchScript
+    assert_same_result(res, local.detect([jpeg])[0].to_dict(), px=0.05, score=1e-3)  # ONNX Runtime vs TorchScript
     assert manage_main(g + ["scale", "polydet_onnx", "--min", "1", "--max", "1"]) == 0
     assert manage_main(g + ["set-default", "polydet_onnx", "1.0"]) == 0
     assert manage_main(g + ["unregister", "polydet_onnx"]) == 0

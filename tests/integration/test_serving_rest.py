@@ -17,7 +17,7 @@ import requests
 from serving_helpers import (BUNDLED_WEIGHTS, assert_contract, assert_same_result, auth, encode, page_image,
                       png_bytes)
 
-from polydet.serving.handling import METRICS
+from polydet.serving.service import METRICS
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -32,7 +32,7 @@ def b64(data: bytes) -> str:
 
 
 def test_every_request_form_returns_the_contract_and_the_in_process_answer(server, jpeg, local):
-    want = local.detect([jpeg])[0]
+    want = local.detect([jpeg])[0].to_dict()
     assert want["detections"], "test archives use a conf low enough for the demo model to detect something"
     forms = {
         "raw octet-stream": predict(server, OCTET, data=jpeg),
@@ -55,14 +55,14 @@ def test_png_of_another_size(server, local):
     r = predict(server, OCTET, data=png_bytes(img[..., ::-1]))
     assert r.status_code == 200, r.text
     assert_contract(r.json(), 300, 520)
-    assert_same_result(r.json(), local.detect([img])[0])
+    assert_same_result(r.json(), local.detect([img])[0].to_dict())
 
 
 def test_json_per_request_options(server, jpeg, local):
     for opts in ({"conf": 0.005, "max_det": 3}, {"conf": 0.9}, {"iou": 0.1, "agnostic": True, "multi_label": True}):
         r = predict(server, json={"image": b64(jpeg), **opts})
         assert r.status_code == 200, r.text
-        want = local.detect([jpeg], local.options.replace(**opts))[0]
+        want = local.detect([jpeg], local.options.replace(**opts))[0].to_dict()
         assert_same_result(r.json(), want)
     assert len(predict(server, json={"image": b64(jpeg), "max_det": 3}).json()["detections"]) == 3
     assert predict(server, json={"image": b64(jpeg), "conf": 0.9}).json()["detections"] == []
@@ -145,7 +145,7 @@ def _gauge(server, name: str) -> float | None:
 def test_a_batch_mixing_good_and_bad_requests(server, jpeg, local):
     """4 concurrent requests (batchSize 4, maxBatchDelay 200 ms) share one batch; only the bad ones fail."""
     before = _worker(server)
-    want = local.detect([jpeg])[0]
+    want = local.detect([jpeg])[0].to_dict()
     cases = [(dict(headers=OCTET, data=jpeg), 200), (dict(headers=OCTET, data=b"garbage"), 400),
              (dict(json={"image": b64(jpeg)}), 200), (dict(json={"image": b64(jpeg), "conf": -1}), 400)]
     for attempt in range(3):  # on a loaded machine the 4 requests may straddle two batches: try again
@@ -196,9 +196,9 @@ def test_client_cli_rest(server, jpeg, local, tmp_path, capsys):
     assert client_main(base) == 0
     out = json.loads(capsys.readouterr().out.strip())
     assert out.pop("image") == str(img)
-    assert_same_result(out, local.detect([jpeg])[0])
+    assert_same_result(out, local.detect([jpeg])[0].to_dict())
     assert client_main(base + ["--mode", "multipart"]) == 0
-    assert_same_result(json.loads(capsys.readouterr().out), local.detect([jpeg])[0])
+    assert_same_result(json.loads(capsys.readouterr().out), local.detect([jpeg])[0].to_dict())
     assert client_main(base + ["--conf", "0.9"]) == 0
     assert json.loads(capsys.readouterr().out)["detections"] == []
     assert client_main(base + ["--dewarp", str(tmp_path / "crops")]) == 0

@@ -13,7 +13,7 @@ from bad_inputs import MAX_REQUEST_SIZE, OCTET, Case, b64, corpus, exif_rotated_
 from reliability_helpers import worker
 from serving_helpers import assert_contract, assert_same_result, auth, encode
 
-from polydet.serving.handling import METRICS
+from polydet.serving.service import METRICS
 
 CASES = corpus()
 BY_NAME = {c.name: c for c in CASES}
@@ -50,7 +50,7 @@ def local_answer(local, data: bytes, options=None) -> dict:
     """The in-process answer, cached (the mixed-batch test asks for the same ones many times)."""
     key = (data, options)
     if key not in _LOCAL:
-        _LOCAL[key] = local.detect([data], options)[0]
+        _LOCAL[key] = local.detect([data], options)[0].to_dict()
     return _LOCAL[key]
 
 
@@ -103,7 +103,7 @@ def test_exif_rotated_jpeg_comes_back_upright(server, first_worker, local, bundl
     assert r.status_code == 200, r.text
     res = r.json()
     assert_contract(res, w, h)
-    assert_same_result(res, local.detect([turned[..., ::-1]])[0])  # local takes BGR arrays
+    assert_same_result(res, local.detect([turned[..., ::-1]])[0].to_dict())  # local takes BGR arrays
     if bundled:  # the trained model finds the objects where they are in the upright image
         conf = requests.post(f"{server.inference_url}/predictions/polydet", timeout=60,
                              headers=auth(server.tokens.inference), json={"image": b64(data), "conf": 0.25}).json()

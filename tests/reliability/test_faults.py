@@ -44,7 +44,7 @@ def url(ts, version: str = "") -> str:
 def _kill_under_traffic(server, local, victims: int) -> dict:
     """Kill -9 ``victims`` of the model's workers while 4 threads send requests; wait until as many workers
     as before are READY again and 20 more requests are answered. Returns the measurements."""
-    want = local.detect([BODY])[0]
+    want = local.detect([BODY])[0].to_dict()
     before = workers(server)
     with Traffic(url(server), server.tokens.inference, BODY, threads=4, max_requests=4000,
                  timeout=CLIENT_TIMEOUT_S) as traffic:
@@ -148,7 +148,7 @@ def test_a_batch_still_filling_when_its_worker_dies_is_never_answered(server, lo
         assert lost["outcome"][0] == "ReadTimeout" and lost["seconds"] >= 19, lost
         r = requests.post(url(server).replace("/polydet", "/filling"), data=BODY, headers=headers, timeout=60)
         assert r.status_code == 200, r.text  # the model itself is fine again
-        assert_same_result(r.json(), local.detect([BODY])[0])
+        assert_same_result(r.json(), local.detect([BODY])[0].to_dict())
     finally:
         rest.unregister("filling")
 
@@ -163,7 +163,7 @@ def test_register_and_unregister_a_second_version_under_traffic(server, local):
         assert sorted(d["modelVersion"] for d in describe(server, "polydet", "all")) == ["1.0", "2.0"]
         res = rest.predict(BODY, version="2.0")
         assert_contract(res, 480, 360)
-        assert_same_result(res, local.detect([BODY])[0])
+        assert_same_result(res, local.detect([BODY])[0].to_dict())
         traffic.wait_for(5)
         assert "unregistered" in rest.unregister("polydet", "2.0")["status"]
         traffic.wait_for(10)
@@ -205,7 +205,7 @@ def test_a_full_job_queue_answers_503_json_and_recovers(server, local):
             'Model "polydet" has no worker to serve inference request. Please use scale workers API '
             "to add workers. If this is a sequence inference, please check if it is closed, or expired; or "
             "exceeds maxSequenceJobQueueSize")}
-    want = local.detect([BODY])[0]
+    want = local.detect([BODY])[0].to_dict()
     for r, _ in results:
         if r.status_code == 200:
             assert_same_result(r.json(), want)

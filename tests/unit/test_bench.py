@@ -218,7 +218,7 @@ def test_the_naive_baseline_finds_what_the_pipeline_finds_and_answers_plain_json
     backend = load_backend(weights)
     body = (repo / "examples" / "sample_0.jpg").read_bytes()
     naive = json.loads(json.dumps(NaiveDetector(backend).detect_one(body)))
-    ours = Detector(backend).detect([body])[0]
+    ours = Detector(backend).detect([body])[0].to_dict()
     assert (naive["width"], naive["height"]) == (ours["width"], ours["height"])
     assert [d["class_name"] for d in naive["detections"]] == [d["class_name"] for d in ours["detections"]] != []
     for a, b in zip(naive["detections"], ours["detections"]):

@@ -23,7 +23,8 @@ from polydet.backends.base import Backend  # noqa: E402
 from polydet.errors import ConfigError, InvalidInputError  # noqa: E402
 from polydet.meta import ModelInfo  # noqa: E402
 from polydet.pipeline import DetectOptions, Detector  # noqa: E402
-from polydet.serving.handling import METRICS, BatchAnswerer, HandlerConfig, parse_request  # noqa: E402
+from polydet.serving.config import ServiceConfig  # noqa: E402
+from polydet.serving.service import METRICS, DetectionService, parse_request  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS_YAML = REPO / "src" / "polydet" / "serving" / "metrics.yaml"
@@ -71,18 +72,21 @@ def test_the_module_defines_exactly_one_class_and_no_handle_function():
 
 
 def test_handler_config_refuses_unknown_keys_and_bad_values():
-    assert HandlerConfig.from_yaml_section(None) == HandlerConfig()
-    assert HandlerConfig.from_yaml_section({"conf": 0.5, "max_det": 7}).options() == DetectOptions(conf=0.5, max_det=7)
-    for bad in ({"confidence": 0.5}, {"conf": 1.5}, {"max_det": 0}, {"multi_label": "yes"}, {"max_pixels": -1},
-                {"dewarp_jpeg_quality": 101}, ["conf"]):
+    assert ServiceConfig.from_section(None) == ServiceConfig()
+    cfg = ServiceConfig.from_section({"options": {"conf": 0.5, "max_det": 7}})
+    assert cfg.options == DetectOptions(conf=0.5, max_det=7)
+    assert ServiceConfig.from_section(cfg.to_section()) == cfg
+    for bad in ({"conf": 0.5}, {"options": {"confidence": 0.5}}, {"options": {"conf": 1.5}}, {"options": {"max_det": 0}},
+                {"options": {"multi_label": "yes"}}, {"options": ["conf"]}, {"max_pixels": -1},
+                {"dewarp_jpeg_quality": 101}, {"torch_threads": 0}, ["conf"]):
         with pytest.raises(ConfigError):
-            HandlerConfig.from_yaml_section(bad)
+            ServiceConfig.from_section(bad)
 
 
 def test_initialize_fails_on_an_unknown_handler_key(tmp_path, artifacts):
     handler = load_handler_module().PolydetHandler()
     with pytest.raises(ConfigError, match="unknown key"):
-        handler.initialize(make_context(tmp_path, artifacts["torchscript"], {"conf": 0.3, "thresh": 1}))
+        handler.initialize(make_context(tmp_path, artifacts["torchscript"], {"options": {"conf": 0.3}, "thresh": 1}))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
@@ -95,7 +99,7 @@ def test_initialize_loads_the_nms_kernel_before_the_first_request(tmp_path, arti
     with caplog.at_level(logging.INFO):
         handler.initialize(make_context(tmp_path, artifacts["torchscript"]))
     assert nms._kernel is not None and nms._kernel is nms.numba_kernel()
-    assert handler.answerer.detector.nms_backend == "numba"
+    assert handler.service.detector.nms_backend == "numba"
     assert any("NMS numba" in m for m in caplog.messages if m.startswith("polydet: "))
 
 
@@ -118,16 +122,15 @@ def test_initialize_runs_the_model_on_blank_batches_unless_told_not_to(tmp_path,
     assert seen == want
     (line,) = [m for m in caplog.messages if m.startswith("polydet: ")]
     assert ("warmed up at batch (1, 1, 3)" in line) == bool(want), line
-    assert handler.answerer.detector.last_timings == {}  # the warm-up leaves no stage times to report
     start_batch(handler_ctx := make_context(tmp_path, artifacts["torchscript"], section, batch=3), 1)
     (out,) = handler.handle([{"body": jpeg()}], handler_ctx)
     assert set(json.loads(out)) == {"width", "height", "detections"}
 
 
 def test_handler_config_warmup_must_be_a_bool():
-    assert HandlerConfig.from_yaml_section({"warmup": False}).warmup is False
+    assert ServiceConfig.from_section({"warmup": False}).warmup is False
     with pytest.raises(ConfigError, match="warmup"):
-        HandlerConfig.from_yaml_section({"warmup": "no"})
+        ServiceConfig.from_section({"warmup": "no"})
 
 
 def test_parse_request_forms():
@@ -147,7 +150,7 @@ def test_parse_request_forms():
 
 
 def test_handle_answers_a_mixed_batch_and_records_declared_metrics(tmp_path, artifacts, caplog):
-    ctx = make_context(tmp_path, artifacts["torchscript"], {"conf": 0.001, "max_det": 5})
+    ctx = make_context(tmp_path, artifacts["torchscript"], {"options": {"conf": 0.001, "max_det": 5}})
     handler = load_handler_module().PolydetHandler()
     handler.initialize(ctx)
     declared = sorted(ctx.metrics.cache_keys())
@@ -162,6 +165,7 @@ def test_handle_answers_a_mixed_batch_and_records_declared_metrics(tmp_path, art
     statuses = [ctx.get_response_status(i)[0] for i in range(len(batch))]
     assert statuses == [200, 400, 200, 400, 200]
     want = Detector.from_artifact(artifacts["torchscript"], options=DetectOptions(conf=0.001, max_det=5)).detect([good])[0]
+    want = want.to_dict()
     assert want["detections"]
     for i in (0, 2, 4):
         assert bodies[i] == want
@@ -192,7 +196,7 @@ class QuadBackend(Backend):
         self.info = ModelInfo(names=["page", "photo"], imgsz=224)
         self.row = torch.tensor([*np.asarray(quad, np.float32).ravel(), 0.9, 0.9, 0.05])
 
-    def __call__(self, x):
+    def forward(self, x):
         return self.row.expand(x.shape[0], 1, 11).clone()
 
 
@@ -206,10 +210,11 @@ def test_dewarp_returns_the_rectified_crop_of_the_best_quad():
     img = np.zeros((448, 448, 3), np.uint8)
     cv2.fillConvexPoly(img, (np.array(quad) * 2).astype(np.int32), (255, 255, 255))
     data = cv2.imencode(".png", img)[1].tobytes()
-    answerer = BatchAnswerer(Detector(QuadBackend(quad)), HandlerConfig(dewarp_max_side=200))
+    service = DetectionService(Detector(QuadBackend(quad)), ServiceConfig(dewarp_max_side=200))
     req = {"body": {"image": base64.b64encode(data).decode(), "dewarp": True}}
-    (res,), (status,), stats = answerer.answer([req])
-    assert status == 200 and stats["images"] == 1 and stats["detections"] == 1
+    (reply,), stats = service.answer([req])
+    res = reply.body
+    assert reply.status == 200 and stats.images == 1 and stats.detections == 1
     np.testing.assert_allclose(res["detections"][0]["polygon"], np.array(quad) * 2, atol=0.01)
     d = res["dewarp"]
     crop = cv2.imdecode(np.frombuffer(base64.b64decode(d["jpeg_base64"]), np.uint8), cv2.IMREAD_COLOR)
@@ -221,17 +226,18 @@ def test_dewarp_returns_the_rectified_crop_of_the_best_quad():
 
 def test_a_failing_model_only_fails_its_own_requests():
     class Flaky(QuadBackend):
-        def __call__(self, x):
+        def forward(self, x):
             if x.shape[0] > 1 or float(x.mean()) > 0.9:  # the batch, and then the all-white image alone
                 raise RuntimeError("boom")
-            return super().__call__(x)
+            return super().forward(x)
 
     import cv2
 
     dark = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
     white = cv2.imencode(".png", np.full((224, 224, 3), 255, np.uint8))[1].tobytes()
-    answerer = BatchAnswerer(Detector(Flaky([[20, 30], [200, 40], [190, 200], [30, 190]])), HandlerConfig())
-    bodies, statuses, _ = answerer.answer([{"body": dark}, {"body": white}, {"body": b"bad"}])
+    service = DetectionService(Detector(Flaky([[20, 30], [200, 40], [190, 200], [30, 190]])), ServiceConfig())
+    replies, _ = service.answer([{"body": dark}, {"body": white}, {"body": b"bad"}])
+    bodies, statuses = [r.body for r in replies], [r.status for r in replies]
     assert statuses == [200, 500, 400]
     assert len(bodies[0]["detections"]) == 1
     assert bodies[1] == {"error": "internal error: RuntimeError", "code": 500}

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from polydet.errors import ImageTooLargeError, InvalidInputError
-from polydet.imageio import UnsupportedFormatError, as_bgr_array, decode_image
+from polydet.imageio import UnsupportedFormatError, decode_image
+from polydet.preprocess import validate_array
 
 
 def encode(arr, fmt, **kw):
@@ -102,13 +103,13 @@ def test_pixel_cap_checked_before_decoding():
         decode_image(encode(np.zeros((100, 100, 3), np.uint8), "PNG"), max_pixels=9999)
 
 
-def test_as_bgr_array():
-    assert as_bgr_array(np.zeros((3, 4), np.uint8)).shape == (3, 4, 3)
-    assert as_bgr_array(np.zeros((3, 4, 1), np.uint8)).shape == (3, 4, 3)
+def test_validate_array():
+    assert validate_array(np.zeros((3, 4), np.uint8)).shape == (3, 4, 3)
+    assert validate_array(np.zeros((3, 4, 1), np.uint8)).shape == (3, 4, 3)
     four = np.zeros((3, 4, 4), np.uint8)
     four[..., 3] = 99
-    assert (as_bgr_array(four) == 0).all()
-    assert as_bgr_array(np.full((2, 2, 3), 65535, np.uint16)).max() == 255
+    assert (validate_array(four) == 0).all()
+    assert validate_array(np.full((2, 2, 3), 65535, np.uint16)).max() == 255
     for bad in (np.zeros((3, 4, 2), np.uint8), np.zeros((3, 4, 3), np.float32), np.zeros((0, 4, 3), np.uint8)):
         with pytest.raises(InvalidInputError):
-            as_bgr_array(bad)
+            validate_array(bad)

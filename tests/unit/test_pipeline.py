@@ -16,6 +16,8 @@ from polydet.errors import InvalidInputError
 from polydet.meta import ModelInfo
 from polydet.ops import nms as nms_module
 from polydet.pipeline import DetectOptions, Detector
+from polydet.preprocess import RGB
+from polydet.results import BatchResult, Detections, ImageError, Timings
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "weights" / "polydet_main_area.pt"
@@ -34,7 +36,7 @@ class FixedBackend(Backend):
         self.info = info or ModelInfo(names=["page", "photo"], imgsz=224)
         self.seen = []
 
-    def __call__(self, x):
+    def forward(self, x):
         self.seen.append(tuple(x.shape))
         assert x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
         return self.rows.expand(x.shape[0], *self.rows.shape).clone()
@@ -47,6 +49,11 @@ ROWS = [[20, 40, 200, 40, 200, 180, 20, 180, 0.9, 0.8, 0.1],
         [0, 0, 10, 0, 10, 10, 0, 10, 0.1, 0.9, 0.9]]
 
 
+def dicts(batch: BatchResult) -> list[dict]:
+    """The output contract of each result (what a transport sends)."""
+    return [r.to_dict() for r in batch]
+
+
 def png(arr):
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
@@ -56,7 +63,11 @@ def png(arr):
 def test_polygons_come_back_in_original_pixels():
     det = Detector(FixedBackend(ROWS))
     img = np.zeros((480, 640, 3), np.uint8)  # scale 0.35, pad top 28
-    res = det.detect([img, png(np.zeros((100, 50, 3), np.uint8))])
+    batch = det.detect([img, png(np.zeros((100, 50, 3), np.uint8))])
+    assert all(isinstance(r, Detections) for r in batch)
+    assert batch[0].polygons.dtype == np.float64 and batch[0].polygons.shape == (2, 4, 2)
+    assert batch[0].scores.dtype == np.float32 and batch[0].class_ids.tolist() == [0, 1]
+    res = dicts(batch)
     r0 = res[0]
     assert r0["width"] == 640 and r0["height"] == 480
     assert [d["class_name"] for d in r0["detections"]] == ["page", "photo"]
@@ -70,13 +81,15 @@ def test_polygons_come_back_in_original_pixels():
     p = np.array(r1["detections"][0]["polygon"])
     np.testing.assert_allclose(p, np.clip((np.array(ROWS[0][:8]).reshape(4, 2) - [56, 0]) / 2.24, 0, [50, 100]),
                                atol=0.01)
-    assert set(det.last_timings) == {"preprocess", "inference", "postprocess"}
+    assert isinstance(batch.timings, Timings) and min(vars(batch.timings).values()) > 0
+    # unrounded in the result, rounded only in the contract
+    np.testing.assert_allclose(batch[0].polygons[0], expected, atol=1e-4)
 
 
 def test_per_image_options_and_empty_results():
     det = Detector(FixedBackend(ROWS))
     img = np.zeros((224, 224, 3), np.uint8)
-    res = det.detect([img, img, img], [DetectOptions(), DetectOptions(conf=0.6), DetectOptions(conf=0.95)])
+    res = dicts(det.detect([img, img, img], [DetectOptions(), DetectOptions(conf=0.6), DetectOptions(conf=0.95)]))
     assert [len(r["detections"]) for r in res] == [2, 1, 0]
     assert res[2]["detections"] == []
 
@@ -97,13 +110,18 @@ def test_dynamic_artifact_letterboxes_rectangles_padded_to_batch_max():
     assert backend.seen[-1] == (1, 3, 256, 320)
 
 
-def test_bad_input_raises_typed_error():
-    det = Detector(FixedBackend(ROWS))
-    with pytest.raises(InvalidInputError, match="empty"):
-        det.detect([b""])
-    with pytest.raises(InvalidInputError, match="dtype"):
-        det.detect([np.zeros((4, 4, 3), np.float64)])
-    assert det.detect([]) == []
+def test_bad_inputs_fail_only_themselves():
+    backend = FixedBackend(ROWS)
+    det = Detector(backend)
+    good = np.zeros((224, 224, 3), np.uint8)
+    batch = det.detect([b"", good, np.zeros((4, 4, 3), np.float64), "not an image", good])
+    assert [type(r).__name__ for r in batch] == ["ImageError", "Detections", "ImageError", "ImageError", "Detections"]
+    assert batch[0] == ImageError(400, "empty image: the request body has no bytes")
+    assert batch[2].status == 400 and "dtype must be uint8 or uint16" in batch[2].reason
+    assert batch[3].status == 400 and "expected bytes or a numpy array, got str" in batch[3].reason
+    assert backend.seen == [(2, 3, 224, 224)]  # the good ones, in one forward
+    assert [p is None for p in batch.pixels] == [True, False, True, True, False]
+    assert len(det.detect([])) == 0 and det.detect([]).timings == Timings()
 
 
 @pytest.mark.parametrize("d,msg", [
@@ -128,7 +146,8 @@ def test_all_backends_agree_end_to_end(artifacts):
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (300, 500, 3), dtype=np.uint8), rng.integers(0, 255, (640, 200, 3), dtype=np.uint8)]
     opts = DetectOptions(conf=0.0003, max_det=20)  # random weights: obj prior ~1e-3
-    results = {k: Detector.from_artifact(artifacts[k], options=opts).detect(imgs) for k in ("ckpt", "torchscript", "onnx")}
+    results = {k: dicts(Detector.from_artifact(artifacts[k], options=opts).detect(imgs))
+               for k in ("ckpt", "torchscript", "onnx")}
     ref = results["ckpt"]
     assert sum(len(r["detections"]) for r in ref) > 0
     for k in ("torchscript", "onnx"):
@@ -141,21 +160,21 @@ def test_all_backends_agree_end_to_end(artifacts):
 
 
 def test_rgb_arrays_skip_the_channel_flip():
-    """detect(rgb=True) takes decode_image(..., rgb=True) output as is: same answer as the BGR path."""
+    """An RGB-declared array (decode_image(..., rgb=True) output) is taken as is: same answer as the BGR path."""
     rows = [[20, 40, 200, 40, 200, 180, 20, 180, 0.9, 0.8, 0.1]]
     seen = []
 
     class Spy(FixedBackend):
-        def __call__(self, x):
+        def forward(self, x):
             seen.append(x.clone())
-            return super().__call__(x)
+            return super().forward(x)
 
     spy = Spy(rows)
     det = Detector(spy)
     bgr = np.zeros((50, 80, 3), np.uint8)
     bgr[..., 0] = 200  # blue in BGR
-    a = det.detect([bgr])
-    b = det.detect([np.ascontiguousarray(bgr[..., ::-1])], rgb=True)
+    a = dicts(det.detect([bgr]))
+    b = dicts(det.detect([RGB(np.ascontiguousarray(bgr[..., ::-1]))]))
     assert a == b
     torch.testing.assert_close(seen[0], seen[1])
     assert float(seen[0][0, 2].max()) == pytest.approx(200 / 255)  # blue lands in channel 2 (RGB order)
@@ -171,7 +190,7 @@ def test_building_a_detector_loads_the_nms_kernel(monkeypatch):
     kernel = nms_module._kernel
     assert det.nms_backend == "numba" and kernel is sys.modules["polydet.ops._nms_numba"]
     assert nms_module.numba_kernel() is kernel
-    assert len(det.detect([np.zeros((224, 224, 3), np.uint8)])[0]["detections"]) == 2
+    assert len(det.detect([np.zeros((224, 224, 3), np.uint8)])[0]) == 2
     assert nms_module._kernel is kernel
     monkeypatch.setattr(nms_module, "_kernel", None)
     assert Detector(FixedBackend(ROWS), warmup=False).nms_backend is None
@@ -192,7 +211,7 @@ def test_warmup_follows_polydet_nms_and_falls_back_to_torch(monkeypatch):
     monkeypatch.delattr(polydet.ops, "_nms_numba", raising=False)
     det = Detector(FixedBackend(ROWS))
     assert det.nms_backend == "torch" and nms_module._kernel is False
-    assert len(det.detect([np.zeros((224, 224, 3), np.uint8)])[0]["detections"]) == 2
+    assert len(det.detect([np.zeros((224, 224, 3), np.uint8)])[0]) == 2
     # A setting every request would fail on fails at start-up instead.
     monkeypatch.setenv("POLYDET_NMS", "numba")
     with pytest.raises(RuntimeError, match="numba NMS kernel is unavailable"):
@@ -233,10 +252,10 @@ def test_a_detector_built_without_warmup_decides_the_nms_path_on_its_first_detec
     det = Detector(OffCpu(ROWS), warmup=False)
     assert det.nms_backend is None
     image = np.zeros((224, 224, 3), np.uint8)
-    got = det.detect([image])
+    got = dicts(det.detect([image]))
     assert (det.nms_backend, det.nms_on_cpu) == ("numba", True) and len(got[0]["detections"]) == 2
     monkeypatch.setenv("POLYDET_NMS", "torch")
-    assert Detector(OffCpu(ROWS)).detect([image]) == got
+    assert dicts(Detector(OffCpu(ROWS)).detect([image])) == got
 
 
 _FRESH_WORKER = """
@@ -281,9 +300,8 @@ def test_bundled_model_detections_are_identical_on_both_nms_paths(monkeypatch):
         monkeypatch.setenv("POLYDET_NMS", name)
         det = Detector.from_artifact(BUNDLED)
         assert det.nms_backend == name
-        results[name] = (det.detect(images), det.detect(images, low))
-        x, _ = det.preprocess(images)
-        pred = det.backend(x)
+        results[name] = (dicts(det.detect(images)), dicts(det.detect(images, low)))
+        pred = det.backend(det.preprocessor(images).batch)
         rows[name] = [nms_module.polygon_nms(pred, **kw) for kw in (
             {}, {"conf": 0.001, "max_det": 300}, {"conf": 0.001, "agnostic": True},
             {"conf": 0.001, "multi_label": True, "iou": 0.3})]
@@ -300,7 +318,6 @@ def test_warmup_runs_the_pipeline_on_blank_images_at_the_given_batch_sizes():
     assert backend.seen == []  # building a Detector loads NMS only
     assert det.warmup((1, 1, 4)) == det.nms_backend
     assert backend.seen == [(1, 3, 224, 224), (1, 3, 224, 224), (4, 3, 224, 224)]
-    assert det.last_timings == {}
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="positive integers"):
             det.warmup((bad,))

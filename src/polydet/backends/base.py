@@ -1,32 +1,66 @@
-"""The backend interface: a loaded artifact that maps a float image batch to the head output."""
+"""The backend interface: a loaded artifact that maps a float image batch to the head output.
+
+One file per runtime subclasses :class:`Backend`, declares the file suffixes it opens and imports its
+runtime only when an artifact is opened. A backend reports what the artifact can take: ``max_batch``
+(None for any batch size, else the fixed batch it was exported with) and the precision it runs in;
+``__call__`` runs any batch size by chunks of a fixed batch, padding the last chunk.
+"""
 
 from __future__ import annotations
 
-
 import zipfile
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ..errors import ModelLoadError
-from ..meta import ModelInfo
+from ..meta import LAYOUT, ModelInfo, Precision
 
 META_KEY = "polydet"  # TorchScript extra file name / ONNX metadata_props key holding ModelInfo JSON
+SUPPORTED_LAYOUTS = (LAYOUT,)  # output layouts the pipeline decodes
 
 
-class Backend:
-    """Subclasses load one runtime lazily. ``__call__(x: (B,3,H,W) float in [0,1]) -> (B,N,9+nc) float32``."""
+class Backend(ABC):
+    """``__call__(x: (B,3,H,W) float in [0,1]) -> (B,N,9+nc) float32``, for any B.
 
-    name = "base"
+    Subclasses set ``info`` (and ``max_batch`` for a fixed-batch artifact) in ``__init__`` and implement
+    :meth:`forward` for batches the artifact takes. ``precision``: None runs the artifact as exported;
+    ``Precision.FP16`` casts an fp32 artifact where the runtime can (CUDA).
+    """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", half: bool = False):
+    name: ClassVar[str] = "base"
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu",
+                 precision: Precision | str | None = None):
         self.path = Path(path)
         self.device = torch.device(device)
-        self.half = half
+        self.requested = Precision(precision) if precision is not None else None
+        if self.requested is Precision.INT8:
+            raise ModelLoadError("int8 is chosen when exporting (an int8 artifact), not when loading one")
         self.info: ModelInfo = ModelInfo()
+        self.max_batch: int | None = None  # None: any batch size
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        """Whether this backend opens ``path`` (by suffix; a backend may also look inside the file)."""
+        return path.suffix.lower() in cls.suffixes
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One batch the artifact takes (``len(x) == max_batch`` when that is set) -> (B,N,9+nc) float32."""
+
+    @property
+    def precision(self) -> Precision:
+        if self.requested is Precision.FP16 or self.info.precision is Precision.FP16:
+            return Precision.FP16
+        return self.info.precision
+
+    @property
+    def half(self) -> bool:
+        return self.precision is Precision.FP16
 
     @property
     def input_dtype(self) -> torch.dtype:
@@ -38,8 +72,32 @@ class Backend:
         runtime hands its outputs back on the CPU."""
         return self.device
 
+    def check(self) -> "Backend":
+        """Refuse an artifact whose output this pipeline would misread (called by ``load_backend``)."""
+        if self.info.layout not in SUPPORTED_LAYOUTS:
+            raise ModelLoadError(f"{self.path}: output layout {self.info.layout!r} is not one polydet decodes "
+                                 f"({', '.join(SUPPORTED_LAYOUTS)}); re-export with `polydet export`")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ModelLoadError(f"{self.path}: fixed batch size {self.max_batch} makes no sense")
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, fixed = len(x), self.max_batch
+        if fixed is None or n == fixed:
+            return self.forward(x)
+        outs = []
+        for start in range(0, n, fixed):
+            chunk = x[start : start + fixed]
+            k = len(chunk)
+            if k < fixed:  # the artifact takes exactly `fixed` images: pad, then drop the padding's rows
+                chunk = torch.cat([chunk, chunk.new_zeros((fixed - k, *chunk.shape[1:]))])
+            outs.append(self.forward(chunk)[:k])
+        return torch.cat(outs)
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, device={self.device}, half={self.half})"
+        batch = "any" if self.max_batch is None else self.max_batch
+        return (f"{type(self).__name__}({str(self.path)!r}, device={self.device}, precision={self.precision.value}, "
+                f"batch={batch})")
 
 
 def first_output(out):
@@ -72,8 +130,3 @@ def is_torchscript(path: Path) -> bool:
             return any(n.split("/", 2)[1:2] == ["code"] for n in z.namelist())
     except (zipfile.BadZipFile, OSError, IndexError):
         return False
-
-
-
-
-

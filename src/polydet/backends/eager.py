@@ -10,19 +10,23 @@ from .base import Backend, first_output
 
 class EagerBackend(Backend):
     name = "eager"
+    suffixes = (".pth", ".ckpt", ".pt")  # .pt reaches here when it is not TorchScript (MODULES' order)
 
-    def __init__(self, path, device="cpu", half=False, model=None, info=None):
-        super().__init__(path, device, half)
+    def __init__(self, path, device="cpu", precision=None, model=None, info=None):
+        super().__init__(path, device, precision)
         if model is None:
             from ..model import load_model
 
             model, info = load_model(path, device=self.device)
-        if half and self.device.type != "cuda":
-            raise ModelLoadError("fp16 (half=True) needs a CUDA device")
-        self.model = model.to(self.device).eval().fuse()
-        self.model = self.model.half() if half else self.model.float()
         self.info = info
+        if self.half and self.device.type != "cuda":
+            raise ModelLoadError("fp16 needs a CUDA device")
+        self.model = model.to(self.device).eval().fuse()
+        self.model = self.model.half() if self.half else self.model.float()
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return first_output(self.model(x.to(self.device, self.input_dtype))).float()
+
+
+BACKEND = EagerBackend

@@ -1,4 +1,8 @@
-"""ONNX Runtime backend (CPU provider; CUDA provider when installed and the device is CUDA)."""
+"""ONNX Runtime backend (CPU provider; CUDA provider when installed and the device is CUDA).
+
+A graph exported with a fixed batch (the seed's own export.py, or any export without dynamic axes)
+reports it as ``max_batch``; ``Backend.__call__`` then runs larger batches in chunks of it.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,19 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError, require
+from ..meta import Precision
 from .base import META_KEY, Backend, first_output, info_from_meta
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    suffixes = (".onnx",)
 
-    def __init__(self, path, device="cpu", half=False, threads: int | None = None):
+    def __init__(self, path, device="cpu", precision=None, threads: int | None = None):
         """``threads``: ONNX Runtime's intra-op threads; None = torch's (``torch.get_num_threads()``), so one
         setting (``torch.set_num_threads``, the handler's ``torch_threads``) sizes both runtimes. Left to
         ONNX Runtime's own default, every TorchServe worker would run one thread per core."""
-        super().__init__(path, device, half)
+        super().__init__(path, device, precision)
         ort = require("onnxruntime", "onnxruntime", extra="onnx")
         opts = ort.SessionOptions()
         self.threads = int(threads) if threads else torch.get_num_threads()
@@ -38,13 +44,21 @@ class OnnxRuntimeBackend(Backend):
         side = inp.shape[-1] if isinstance(inp.shape[-1], int) else None
         self.info = info_from_meta(meta.get(META_KEY), no, side, self.path)
         self.input_name = inp.name
-        self.half = half or self.info.half or inp.type == "tensor(float16)"
+        self.max_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        if inp.type == "tensor(float16)":  # the graph's own input type wins over its metadata
+            self.requested = Precision.FP16
+        elif self.requested is Precision.FP16:
+            raise ModelLoadError(f"{self.path} takes float32 input: ONNX Runtime cannot run it in fp16; "
+                                 "export an fp16 artifact instead")
 
     @property
     def output_device(self) -> torch.device:
         return torch.device("cpu")  # session.run returns numpy arrays, on any provider
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().to("cpu", self.input_dtype).numpy()
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(arr)})
         return first_output([torch.from_numpy(o) for o in out]).float()
+
+
+BACKEND = OnnxRuntimeBackend

@@ -3,8 +3,6 @@ GPU host by hand. Loading fails with a clear message when they are absent."""
 
 from __future__ import annotations
 
-
-
 import torch
 
 from ..errors import ModelLoadError, require
@@ -14,9 +12,10 @@ from .base import Backend, first_output
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    suffixes = (".engine", ".trt")
 
-    def __init__(self, path, device="cuda", half=False):
-        super().__init__(path, device, half)
+    def __init__(self, path, device="cuda", precision=None):
+        super().__init__(path, device, precision)
         require("tensorrt", "tensorrt (NVIDIA's index; not installable from PyPI)")
         torch2trt = require("torch2trt", "torch2trt (github.com/NVIDIA-AI-IOT/torch2trt)")
         if self.device.type != "cuda":
@@ -27,8 +26,8 @@ class TensorRTBackend(Backend):
         self.model.load_state_dict(torch.load(self.path, map_location=self.device))
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return first_output(self.model(x.to(self.device, self.input_dtype))).float()
 
 
-
+BACKEND = TensorRTBackend

@@ -1,6 +1,7 @@
-"""Serving polydet with TorchServe 0.12.0: start/stop a server, REST and gRPC clients, CLI commands.
+"""Serving polydet: the protocol-neutral service and its fronts, TorchServe 0.12.0's start/stop, clients.
 
-The TorchServe handler itself lives in ``handlers/polydet_handler.py`` (the transport skin); the request
-parsing and response shaping it uses live in :mod:`polydet.serving.handling` so they can be tested
-without a server. Nothing here is imported by ``import polydet``.
+:mod:`polydet.serving.service` turns a batch of requests into replies (status + body) over one
+Detector, knowing no server; :mod:`polydet.serving.config` is an archive's ``handler:`` section. The
+TorchServe handler (``handlers/polydet_handler.py``) is glue over the service. Nothing here is imported
+by ``import polydet``.
 """

@@ -1,0 +1,157 @@
+"""The image path's first stage: decode and letterbox a batch of inputs into one model batch.
+
+Inputs are encoded files (``bytes``), arrays in cv2's convention (``np.ndarray``: BGR/BGRA/gray,
+uint8 or uint16), or arrays whose channel order is declared by their type (:class:`RGB`). A
+:class:`Preprocessor` turns a batch of them into a float tensor for the backend plus one
+:class:`Frame` per good input, and an :class:`~polydet.results.ImageError` for each bad one: one bad
+image never sinks the batch. :class:`CpuPreprocessor` is the cv2/PIL path; a GPU decoder is another
+implementation of the same interface.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+from .errors import InvalidInputError, PolydetError
+from .imageio import DEFAULT_MAX_PIXELS, decode_image
+from .meta import ModelInfo
+from .ops.letterbox import PAD_VALUE, Letterbox, letterbox
+from .results import ImageError
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class RGB:
+    """An array whose channels are R, G, B (PIL, torchvision, ``decode_image(..., rgb=True)``)."""
+
+    array: np.ndarray
+
+
+@dataclass(frozen=True)
+class BGR:
+    """An array whose channels are B, G, R (cv2). A plain ``np.ndarray`` input means the same."""
+
+    array: np.ndarray
+
+
+ImageInput = Union[bytes, bytearray, memoryview, np.ndarray, RGB, BGR]
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One good input after preprocessing: its decoded pixels (HxWx3 uint8 RGB, original size; None where
+    a preprocessor keeps them elsewhere, e.g. on a GPU) and the letterbox that maps them to the model."""
+
+    rgb: np.ndarray | None
+    letterbox: Letterbox
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the original image."""
+        return self.letterbox.in_shape
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A preprocessed batch: ``batch`` (G, 3, H, W) holds the good inputs in order (None if there are none);
+    ``items`` has one Frame or ImageError per input."""
+
+    batch: torch.Tensor | None
+    items: tuple[Frame | ImageError, ...]
+
+    @property
+    def frames(self) -> list[Frame]:
+        return [f for f in self.items if isinstance(f, Frame)]
+
+
+class Preprocessor(ABC):
+    """Decode + letterbox for one model (``info``: its input size, stride, letterbox mode) on one device."""
+
+    info: ModelInfo
+
+    @abstractmethod
+    def __call__(self, images: Sequence[ImageInput]) -> Prepared:
+        ...
+
+
+def error_of(exc: BaseException) -> ImageError:
+    """The ImageError for an exception: a PolydetError keeps its status and reason; anything else is a 500
+    that names only the exception's type (its message may hold internals)."""
+    if isinstance(exc, PolydetError):
+        return ImageError(exc.http_status, str(exc))
+    return ImageError(500, f"internal error: {type(exc).__name__}")
+
+
+def validate_array(img: np.ndarray) -> np.ndarray:
+    """A caller's array (HxW, HxWx1, HxWx3, HxWx4; uint8 or uint16) -> HxWx3 uint8, channel order kept."""
+    if not isinstance(img, np.ndarray):
+        raise InvalidInputError(f"expected bytes or a numpy array, got {type(img).__name__}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)) or min(img.shape[:2]) < 1:
+        raise InvalidInputError(f"array must be HxW, HxWx1, HxWx3 or HxWx4 with H, W >= 1, got {img.shape}")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise InvalidInputError(f"array dtype must be uint8 or uint16, got {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[..., :3]
+    return img
+
+
+def to_rgb(image: ImageInput, max_pixels: int | None) -> np.ndarray:
+    """Any input -> HxWx3 uint8 RGB. Raises InvalidInputError / ImageTooLargeError with the reason."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(image, max_pixels, rgb=True)
+    if isinstance(image, RGB):
+        return validate_array(image.array)
+    array = image.array if isinstance(image, BGR) else image
+    return validate_array(array)[..., ::-1]
+
+
+class CpuPreprocessor(Preprocessor):
+    """PIL decoding (EXIF, odd modes, a pixel cap read from the header), cv2 letterbox, one uint8 copy
+    into the padded batch, then the float conversion on the backend's device."""
+
+    def __init__(self, info: ModelInfo, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.info = info
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.max_pixels = max_pixels
+        self.auto = info.letterbox == "auto" and info.dynamic
+
+    def frame(self, image: ImageInput) -> tuple[Frame, np.ndarray]:
+        rgb = to_rgb(image, self.max_pixels)
+        out, lb = letterbox(np.ascontiguousarray(rgb), self.info.imgsz, self.info.stride, auto=self.auto)
+        return Frame(rgb, lb), out
+
+    def __call__(self, images: Sequence[ImageInput]) -> Prepared:
+        items, boxed = [], []
+        for image in images:
+            try:
+                frame, out = self.frame(image)
+            except Exception as e:  # noqa: BLE001 - one bad input fails only itself
+                if not isinstance(e, PolydetError):
+                    log.exception("preprocessing an input failed")
+                items.append(error_of(e))
+                continue
+            items.append(frame)
+            boxed.append(out)
+        if not boxed:
+            return Prepared(None, tuple(items))
+        h = max(b.shape[0] for b in boxed)
+        w = max(b.shape[1] for b in boxed)
+        batch = np.full((len(boxed), h, w, 3), PAD_VALUE, dtype=np.uint8)
+        for i, im in enumerate(boxed):  # rectangles of different sizes: pad right/bottom
+            batch[i, : im.shape[0], : im.shape[1]] = im
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        return Prepared(x.to(self.dtype).div_(255.0), tuple(items))

@@ -1,0 +1,71 @@
+"""The ``handler:`` section of an archive's model-config.yaml: the service's settings.
+
+model-config.yaml owns thresholds and batching (STYLE.md): ``options`` holds :class:`DetectOptions`
+as they are (its fields, defaults and validation are the pipeline's own), the rest is the service's.
+Unknown keys are an error, so a typo fails the model load instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ..errors import ConfigError, InvalidInputError
+from ..imageio import DEFAULT_MAX_PIXELS
+from ..pipeline import DetectOptions
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    options: DetectOptions = field(default_factory=DetectOptions)  # server defaults; requests may override
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard; the header is checked before decoding
+    dewarp_max_side: int = 1024  # longer side of a dewarped crop, bounds the response size
+    dewarp_jpeg_quality: int = 90
+    # intra-op threads of torch (and ONNX Runtime) in each worker; None leaves torch's default (all
+    # cores). With one worker per core, 1 avoids oversubscription (BENCHMARKS.md).
+    torch_threads: int | None = None
+    # run the model at batch 1, 1 and batchSize on blank images while the worker starts, so the first
+    # requests do not pay TorchScript's profiling runs
+    warmup: bool = True
+
+    @classmethod
+    def from_section(cls, section: Mapping | None) -> "ServiceConfig":
+        """Validate the section: unknown keys and bad values are a ConfigError (the model fails to load)."""
+        if section is None:
+            return cls()
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"model-config.yaml: `handler:` must be a mapping, got {type(section).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ConfigError(f"model-config.yaml: unknown key(s) {unknown} in `handler:`; allowed: {sorted(known)}")
+        for key in ("max_pixels", "dewarp_max_side", "dewarp_jpeg_quality"):
+            _positive_int(section, key, getattr(cls, key))
+        if section.get("torch_threads") is not None:
+            _positive_int(section, "torch_threads", None)
+        if not isinstance(section.get("warmup", True), bool):
+            raise ConfigError(f"model-config.yaml: handler.warmup must be true or false, got {section['warmup']!r}")
+        if not 1 <= section.get("dewarp_jpeg_quality", 90) <= 100:
+            raise ConfigError("model-config.yaml: handler.dewarp_jpeg_quality must be in [1, 100]")
+        values = dict(section)
+        options = section.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"model-config.yaml: handler.options must be a mapping, got {type(options).__name__}")
+        try:
+            values["options"] = DetectOptions.from_dict(dict(options))
+        except InvalidInputError as e:
+            raise ConfigError(f"model-config.yaml: handler.options: {e}") from e
+        return cls(**values)
+
+    def to_section(self) -> dict:
+        """The inverse of from_section (what ``polydet archive`` writes)."""
+        out = dataclasses.asdict(self)
+        out["options"] = dataclasses.asdict(self.options)
+        return out
+
+
+def _positive_int(section: Mapping, key: str, default) -> None:
+    v = section.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"model-config.yaml: handler.{key} must be a positive integer, got {v!r}")
