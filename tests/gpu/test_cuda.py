@@ -54,7 +54,8 @@ def test_fp16_on_cuda(tmp_path):
     b = load_backend(cpu_path, device="cuda", precision=Precision.FP16)
     assert b.half and b.input_dtype == torch.float16
     _close(b(x).cpu(), ref, "fp16")
-    half_path, diff = export("random", "torchscript", out=tmp_path / "half.torchscript", device="cuda", precision=Precision.FP16)
+    half_path, diff = export("random", "torchscript", out=tmp_path / "half.torchscript", device="cuda",
+                             precision=Precision.FP16)
     assert diff["corners_px"] <= TOLERANCES["fp16"]["corners_px"]
     hb = load_backend(half_path, device="cuda")
     assert hb.info.precision is Precision.FP16 and hb.half
