@@ -192,3 +192,16 @@ def test_seed_state_dict_of_a_v5_model_finds_its_shipped_cfg(tmp_path):
     assert type(loaded.yolobody[0]).__name__ == "Focus" and loaded.yaml["width_multiple"] == 0.5
     x = torch.rand(1, 3, 96, 96)
     torch.testing.assert_close(_forward(loaded, x), _forward(m, x), rtol=0, atol=0)
+
+
+def test_layers_polydet_does_not_build_and_torchscript_files_are_named(tmp_path):
+    d = repo_yaml("polygon_yolov5n", width=0.125)
+    with fakes.installed():
+        model = fakes.Polygon_Model(d)
+        model.yaml["backbone"][8][2] = "C3TR"  # the transformer C3 of the v5.0 repository's models/common.py
+        torch.save(fakes.training_checkpoint(model, None, ["a", "b"]), tmp_path / "tr.pt")
+    with pytest.raises(ModelLoadError, match="cannot build the model its yaml describes: layer 8: unknown module 'C3TR'"):
+        load_model(tmp_path / "tr.pt")
+    torch.jit.trace(torch.nn.Conv2d(3, 4, 1), torch.zeros(1, 3, 8, 8)).save(str(tmp_path / "ts.pt"))
+    with pytest.raises(ModelLoadError, match="is a TorchScript archive, not a checkpoint"):
+        load_model(tmp_path / "ts.pt")

@@ -11,7 +11,7 @@ import torch
 from ..errors import ModelLoadError
 from ..meta import ModelInfo
 from .importer import import_training_checkpoint, is_training_checkpoint
-from .unpickle import UnreadableCheckpointError, restricted_load
+from .unpickle import UnreadableCheckpointError, is_torchscript_zip, restricted_load
 from .yolo import CFG_DIR, PolygonYOLO, describe_layout, load_cfg
 
 FORMAT = "polydet-checkpoint/v1"
@@ -89,6 +89,8 @@ def _seed_model(state: dict, path: Path, cfg: str | None) -> tuple[PolygonYOLO, 
 def _read(path: Path):
     """The unpickled file. torch's weights_only loader first (plain data: polydet and seed files); a
     file it refuses for naming classes is read again with stand-ins for them (``restricted_load``)."""
+    if is_torchscript_zip(path):  # torch.load would hand it to torch.jit.load
+        raise ModelLoadError(f"{path} is a TorchScript archive, not a checkpoint: pass it as a model artifact")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as first:  # noqa: BLE001 - torch raises many kinds; all mean "not plain data"

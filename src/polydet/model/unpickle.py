@@ -169,7 +169,8 @@ def _pickle_module(refused: list[str]) -> types.SimpleNamespace:
                                  load=load, UnpicklingError=pickle.UnpicklingError)
 
 
-def _is_torchscript_zip(path: Path) -> bool:
+def is_torchscript_zip(path: Path) -> bool:
+    """TorchScript archives are torch zips too; theirs has a code/ folder (torch.load would run it)."""
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.split("/", 2)[1:2] == ["code"] for n in z.namelist())
@@ -181,7 +182,7 @@ def restricted_load(path: str | Path):
     """Unpickle a torch checkpoint with stand-ins for its classes. Raises UnsafeCheckpointError naming
     every refused global and where it sits; ModelLoadError when the file is not a readable pickle."""
     path = Path(path)
-    if _is_torchscript_zip(path):
+    if is_torchscript_zip(path):
         raise ModelLoadError(f"{path} is a TorchScript archive, not a checkpoint: pass it as a model artifact")
     refused: list[str] = []
     try:
