@@ -205,3 +205,14 @@ def test_layers_polydet_does_not_build_and_torchscript_files_are_named(tmp_path)
     torch.jit.trace(torch.nn.Conv2d(3, 4, 1), torch.zeros(1, 3, 8, 8)).save(str(tmp_path / "ts.pt"))
     with pytest.raises(ModelLoadError, match="is a TorchScript archive, not a checkpoint"):
         load_model(tmp_path / "ts.pt")
+
+
+def test_a_module_tree_with_a_cycle_is_an_error_not_a_hang(tmp_path):
+    d = repo_yaml("polygon_yolov5n", width=0.125)
+    with fakes.installed():
+        model = fakes.Polygon_Model(d)
+        ckpt = fakes.training_checkpoint(model, None, ["a", "b"])
+        ckpt["model"].model[2]._modules["loop"] = ckpt["model"].model  # pickled by reference: a cycle
+        torch.save(ckpt, tmp_path / "cycle.pt")
+    with pytest.raises(ModelLoadError, match=r"module model\.2\.loop contains itself: not a model"):
+        load_model(tmp_path / "cycle.pt")

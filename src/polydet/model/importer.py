@@ -38,22 +38,31 @@ def is_training_checkpoint(obj) -> bool:
     return isinstance(obj, dict) and any(isinstance(obj.get(k), Stub) for k in ("ema", "model"))
 
 
-def _plain(value, where: str):
+def _plain(value, where: str, depth: int = 0):
     """The yaml as plain data (it goes into polydet checkpoints and artifacts), or ModelLoadError."""
+    if depth > 32:  # a yaml is a few levels deep; a pickle can build a cycle
+        raise ModelLoadError(f"{where}: nested too deeply (a cycle?) for a model yaml")
     if isinstance(value, dict):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _plain(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise ModelLoadError(f"{where} holds a {type(value).__name__}, not yaml data")
 
 
-def _named_stubs(stub: Stub, prefix: str = ""):
-    yield prefix, stub
-    for name, child in (stub.__dict__.get("_modules") or {}).items():
-        if isinstance(child, Stub):
-            yield from _named_stubs(child, f"{prefix}.{name}" if prefix else str(name))
+def _named_stubs(root: Stub):
+    """(module path, stand-in) of the module tree, like ``named_modules`` (a shared module under each of
+    its paths); a pickle can build a cycle, which is an error."""
+    stack, out = [("", root, ())], []
+    while stack:
+        path, stub, above = stack.pop()
+        if any(stub is a for a in above):
+            raise ModelLoadError(f"module {path} contains itself: not a model")
+        out.append((path, stub))
+        children = [(str(k), c) for k, c in (stub.__dict__.get("_modules") or {}).items() if isinstance(c, Stub)]
+        stack.extend((f"{path}.{k}" if path else k, c, (*above, stub)) for k, c in reversed(children))
+    return out
 
 
 def _own_tensors(stub: Stub) -> dict:
