@@ -43,14 +43,12 @@ COPY . /src
 # pip fetches the build backend (setuptools>=68, newer than Debian's) into an isolated build env.
 RUN python3 -m venv /tmp/wheel-venv \
  && /tmp/wheel-venv/bin/pip wheel --no-cache-dir --disable-pip-version-check --no-deps -w /dist /src
-# /app mirrors the repository layout config.properties and archive.sh expect (relative paths such as
-# src/polydet/serving/log4j2.xml resolve against config.properties' folder). weights/ may be absent
-# or empty in a checkout: archive.sh then builds its RANDOM-WEIGHT DEMO model.
-RUN mkdir -p /app/weights /app/src/polydet/serving/storeguard \
- && cp -r /src/archive.sh /src/config.properties /src/handlers /src/docker /app/ \
- && cp /src/src/polydet/serving/*.yaml /src/src/polydet/serving/*.xml /app/src/polydet/serving/ \
- && cp /src/src/polydet/serving/storeguard/*.jar /app/src/polydet/serving/storeguard/ \
- && if [ -d /src/weights ]; then cp -r /src/weights/. /app/weights/; fi \
+# /app: what the runtime needs beside the wheel (which holds the handler, the config template, the log and
+# metrics configs, the store guard and the bundled weights): the container's scripts, archive.sh, the
+# config template as a file to read or replace, and weights/ for extra ARCHIVE_ARGS such as --weights.
+RUN mkdir -p /app/weights \
+ && cp -r /src/archive.sh /src/config.properties /src/docker /app/ \
+ && if [ -d /src/weights ]; then cp -rL /src/weights/. /app/weights/; fi \
  && grep -v '^torch==' /src/requirements-pins.txt > /dist/constraints.txt
 
 # ---- runtime ------------------------------------------------------------------------------------

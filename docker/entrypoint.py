@@ -34,41 +34,13 @@ import sys
 import time
 from pathlib import Path
 
-from polydet.serving.server import read_properties, resolve_paths
+from polydet.errors import ConfigError
+from polydet.serving.properties import effective_properties, with_environment
+from polydet.serving.server import torchserve_command
 
 JAVA_MAIN = "org.pytorch.serve.ModelServer"
-# (config key, env var, default port) of the three HTTP listeners; the gRPC ones have separate keys.
-HTTP_LISTENERS = (("inference_address", "POLYDET_INFERENCE_PORT", 8080),
-                  ("management_address", "POLYDET_MANAGEMENT_PORT", 8081),
-                  ("metrics_address", "POLYDET_METRICS_PORT", 8082))
-GRPC_LISTENERS = (("grpc_inference_address", "grpc_inference_port", "POLYDET_GRPC_INFERENCE_PORT", 7070),
-                  ("grpc_management_address", "grpc_management_port", "POLYDET_GRPC_MANAGEMENT_PORT", 7071))
-
-
 def log(msg: str) -> None:
     print(f"polydet-entrypoint: {msg}", file=sys.stderr, flush=True)
-
-
-def _port(env: str, current: str | None, default: int) -> str:
-    value = os.environ.get(env) or current or str(default)
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise SystemExit(f"polydet-entrypoint: {env}={value!r} is not a port")
-    return value
-
-
-def effective_properties(template: Path) -> dict[str, str]:
-    """The template with absolute paths and the bind address / ports of the environment applied."""
-    props = resolve_paths(read_properties(template), template.parent)
-    bind = os.environ.get("POLYDET_BIND_ADDRESS", "127.0.0.1")
-    url_host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind  # IPv6 in a URL
-    for key, env, default in HTTP_LISTENERS:
-        scheme, _, rest = props.get(key, f"http://127.0.0.1:{default}").partition("://")
-        current = rest.rsplit(":", 1)[1] if ":" in rest else None
-        props[key] = f"{scheme}://{url_host}:{_port(env, current, default)}"
-    for addr_key, port_key, env, default in GRPC_LISTENERS:
-        props[addr_key] = bind.strip("[]")
-        props[port_key] = _port(env, props.get(port_key), default)
-    return props
 
 
 class Supervisor:
@@ -132,8 +104,7 @@ class Supervisor:
         env = dict(os.environ, TMPDIR=str(self.tmp), TEMP=str(self.tmp),
                    LOG_LOCATION=str(self.home / "logs"), METRICS_LOCATION=str(self.home / "logs"))
         env.pop("TS_CONFIG_FILE", None)  # it would override --ts-config
-        torchserve = Path(sys.executable).with_name("torchserve")
-        cmd = [str(torchserve), "--start", "--ncs", "--foreground", "--ts-config", str(config), *extra_args]
+        cmd = [*torchserve_command(), "--start", "--ncs", "--foreground", "--ts-config", str(config), *extra_args]
         if self.stopping:  # asked to stop before anything started
             return 0
         log(f"starting TorchServe: inference {props['inference_address']}, management "
@@ -206,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         log("POLYDET_STOP_TIMEOUT must be a number of seconds")
         return 2
     home.mkdir(parents=True, exist_ok=True)
-    return Supervisor(home, stop_timeout).run(effective_properties(template), argv)
+    try:
+        props = with_environment(effective_properties(template))
+    except ConfigError as err:
+        log(str(err))
+        return 2
+    return Supervisor(home, stop_timeout).run(props, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from polydet.serving.server import read_properties
+from polydet.serving.properties import read_properties
 
 TIMEOUT = 5.0  # s per request; the HEALTHCHECK's own timeout is 10 s
 

@@ -18,6 +18,7 @@ EXTERNAL = {
     "eval": ("polydet.evaluate", "mAP50 / mAP50-95 of any artifact on a labelled folder"),
     "client": ("polydet.serving.commands", "REST / gRPC inference client for a running TorchServe"),
     "manage": ("polydet.serving.commands", "TorchServe management: register, unregister, scale, list"),
+    "archive": ("polydet.serving.archive", "build TorchServe archives (.mar) of a model"),
     "serve": ("polydet.serving.commands", "build archives, start TorchServe, wait READY, send a sample"),
     "stop": ("polydet.serving.commands", "stop the TorchServe started by `polydet serve`"),
     "bench": ("polydet.bench", "benchmarks: pipeline stages, served vs in-process, NMS"),
@@ -27,9 +28,12 @@ DATA_MODULE = "polydet.data.synth"
 
 
 def _add_threshold_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS polygon IoU threshold (default 0.45)")
-    p.add_argument("--max-det", type=int, default=100, help="max detections per image (default 100)")
+    from .options import DetectOptions
+
+    d = DetectOptions()
+    p.add_argument("--conf", type=float, default=d.conf, help="confidence threshold (default %(default)s)")
+    p.add_argument("--iou", type=float, default=d.iou, help="NMS polygon IoU threshold (default %(default)s)")
+    p.add_argument("--max-det", type=int, default=d.max_det, help="max detections per image (default %(default)s)")
     p.add_argument("--multi-label", action="store_true", help="one detection per class above --conf")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .ops.letterbox import PAD_VALUE
+
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -173,13 +175,13 @@ def draw_grid(images: list[np.ndarray], preds: list, gts: list, names: list[str]
             cv2.circle(im, tuple(int(v) for v in q[0]), 3, (255, 0, 0), -1)  # first corner (TL)
             label = f"{names[int(row[9])] if int(row[9]) < len(names) else int(row[9])} {row[8]:.2f}"
             cv2.putText(im, label, tuple(int(v) for v in q[0]), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 255), 1)
-        canvas = np.full((cell, cell, 3), 114, np.uint8)
+        canvas = np.full((cell, cell, 3), PAD_VALUE, np.uint8)
         canvas[:im.shape[0], :im.shape[1]] = im
         tiles.append(canvas)
     if not tiles:
         return
     while len(tiles) % cols:
-        tiles.append(np.full((cell, cell, 3), 114, np.uint8))
+        tiles.append(np.full((cell, cell, 3), PAD_VALUE, np.uint8))
     rows = [np.concatenate(tiles[i:i + cols], 1) for i in range(0, len(tiles), cols)]
     cv2.imwrite(str(out), np.concatenate(rows, 0))
 

@@ -23,7 +23,7 @@ class Precision(str, Enum):
         return self is Precision.FP16
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelInfo:
     names: list[str] = field(default_factory=lambda: ["page", "photo"])
     imgsz: int = 224  # square input side the model was trained for / a fixed-shape export expects
@@ -34,9 +34,10 @@ class ModelInfo:
     passes: tuple[str, ...] = ()  # graph passes the export ran, in order (polydet.export.FORMATS)
     layout: str = LAYOUT
 
-    def __post_init__(self):
-        self.precision = Precision(self.precision)
-        self.passes = tuple(self.passes)
+    def __post_init__(self):  # values from JSON: the enum and a tuple, whatever was given
+        object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "passes", tuple(self.passes))
+        object.__setattr__(self, "names", list(self.names))
 
     @property
     def half(self) -> bool:

@@ -31,6 +31,8 @@ class Detections:
     class_ids: np.ndarray
     names: tuple[str, ...]
 
+    ok = True  # ImageError.ok is False: `if r.ok` tells the two apart
+
     def __len__(self) -> int:
         return len(self.scores)
 
@@ -55,6 +57,7 @@ class ImageError:
 
     status: int
     reason: str
+    ok = False
 
     def to_dict(self) -> dict:
         return {"error": self.reason, "code": self.status}

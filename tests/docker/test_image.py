@@ -335,7 +335,11 @@ def test_entrypoint_applies_bind_address_ports_and_absolute_paths(monkeypatch, t
                         "disable_token_authorization=false\n")
     for k in (*PORT_ENV, "POLYDET_BIND_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
-    assert entrypoint.effective_properties(template) == {
+    from polydet.errors import ConfigError
+    from polydet.serving.server import effective_properties
+    from polydet.serving.storeguard import jar_path
+
+    assert entrypoint.with_environment(effective_properties(template)) == {
         "inference_address": "http://127.0.0.1:8080",
         "management_address": "https://127.0.0.1:8443",  # scheme and port kept
         "metrics_address": "http://127.0.0.1:8082",
@@ -345,26 +349,26 @@ def test_entrypoint_applies_bind_address_ports_and_absolute_paths(monkeypatch, t
         "grpc_management_port": "7071",  # TorchServe's default, written out
         "model_store": f"{tmp_path}/model_store",  # relative paths: against the template's folder
         "metrics_config": "/abs/metrics.yaml",
-        "vmargs": f"-Xmx1g -Dlog4j.configurationFile={tmp_path}/etc/log4j2.xml",
+        "vmargs": f"-Xmx1g -Dlog4j.configurationFile={tmp_path}/etc/log4j2.xml -javaagent:{jar_path()}",
         "disable_token_authorization": "false",
     }
 
     monkeypatch.setenv("POLYDET_BIND_ADDRESS", "0.0.0.0")
     monkeypatch.setenv("POLYDET_MANAGEMENT_PORT", "18081")
     monkeypatch.setenv("POLYDET_GRPC_MANAGEMENT_PORT", "17071")
-    props = entrypoint.effective_properties(template)
+    props = entrypoint.with_environment(effective_properties(template))
     assert [props[k] for k in ("inference_address", "management_address", "metrics_address",
                                "grpc_inference_address", "grpc_management_address", "grpc_inference_port",
                                "grpc_management_port")] == [
         "http://0.0.0.0:8080", "https://0.0.0.0:18081", "http://0.0.0.0:8082", "0.0.0.0", "0.0.0.0", "7070", "17071"]
 
     monkeypatch.setenv("POLYDET_BIND_ADDRESS", "::")
-    props = entrypoint.effective_properties(template)
+    props = entrypoint.with_environment(effective_properties(template))
     assert (props["metrics_address"], props["grpc_inference_address"]) == ("http://[::]:8082", "::")
 
     monkeypatch.setenv("POLYDET_INFERENCE_PORT", "80a")
-    with pytest.raises(SystemExit, match="POLYDET_INFERENCE_PORT='80a' is not a port"):
-        entrypoint.effective_properties(template)
+    with pytest.raises(ConfigError, match="POLYDET_INFERENCE_PORT='80a' is not a port"):
+        entrypoint.with_environment(effective_properties(template))
 
 
 def test_healthcheck_helpers():

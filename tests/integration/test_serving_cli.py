@@ -16,10 +16,6 @@ def root(tmp_path, model_store):
     """ROOT/config.properties (the repo's, on free ports), ROOT/model_store, ROOT/examples/page.jpg."""
     props = read_properties(REPO / "config.properties")
     props.update(Ports.free().properties())
-    for key in ("metrics_config",):  # the only relative paths that point into the repository
-        props[key] = str(REPO / props[key])
-    props["vmargs"] = props["vmargs"].replace("-Dlog4j.configurationFile=", f"-Dlog4j.configurationFile={REPO}/") \
-        .replace("-javaagent:", f"-javaagent:{REPO}/")
     write_properties(props, tmp_path / "config.properties")
     (tmp_path / "model_store").symlink_to(model_store)
     (tmp_path / "examples").mkdir()

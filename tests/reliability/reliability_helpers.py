@@ -11,23 +11,14 @@ from pathlib import Path
 from serving_helpers import REPO, auth
 
 
-def _unguarded_vmargs() -> str:
-    from polydet.serving.server import read_properties
-
-    args = read_properties(REPO / "config.properties")["vmargs"].split()
-    return " ".join(a for a in args if not a.startswith("-javaagent:"))
-
-
-# Properties that start the shipped config without the store guard: only for the controls that show the
-# holes the guard closes.
-UNGUARDED = {"vmargs": _unguarded_vmargs()}
-
-
-def start_server(tmp_path_factory, store: Path, properties: dict | None = None, models: str = "polydet.mar"):
+def start_server(tmp_path_factory, store: Path, properties: dict | None = None, models: str = "polydet.mar",
+                 store_guard: bool = True):
+    """The repository's config on free ports; ``store_guard=False`` only for the controls that show the
+    holes the guard closes."""
     from polydet.serving.server import Ports, TorchServe
 
     ts = TorchServe(tmp_path_factory.mktemp("ts"), REPO / "config.properties", ports=Ports.free(),
-                    model_store=store, models=models, properties=properties)
+                    model_store=store, models=models, properties=properties, store_guard=store_guard)
     ts.start()
     try:
         if models:

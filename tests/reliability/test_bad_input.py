@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import requests
-from bad_inputs import MAX_REQUEST_SIZE, OCTET, Case, b64, corpus, exif_rotated_jpeg, jpeg
+from bad_inputs import MAX_REQUEST_SIZE, OCTET, Case, b64, corpus, exif_rotated_jpeg
 from reliability_helpers import worker
 from serving_helpers import assert_contract, assert_same_result, auth, encode
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import requests
 from bad_inputs import OCTET, jpeg, page
-from reliability_helpers import UNGUARDED, start_server
+from reliability_helpers import start_server
 from serving_helpers import REPO, auth
 
 from polydet.serving import grpc_stubs
@@ -172,7 +172,8 @@ def test_without_the_settings_the_workflow_hole_is_open(tmp_path_factory, sec_st
     model API OFF, POST /models is refused but POST /workflows registers wf.war's model anyway. This is
     what the shipped config closes (test above)."""
     ts = start_server(tmp_path_factory, sec_store, models="",
-                      properties={"workflow_store": str(sec_store), "enable_model_api": "false", **UNGUARDED})
+                      properties={"workflow_store": str(sec_store), "enable_model_api": "false"},
+                      store_guard=False)
     try:
         key = ts.tokens.management
         r = mgmt(ts, "POST", "/models", key, params={"url": "polydet.mar"})

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_helpers import UNGUARDED, start_server
+from reliability_helpers import start_server
 
 from polydet.serving.client import ClientError, GrpcClient, RestClient
 
@@ -119,7 +119,7 @@ def test_without_the_agent_a_directory_outside_the_store_runs_its_code(tmp_path_
     store, _ = guard_store
     marker_dir = tmp_path_factory.mktemp("control_marker")
     folder = hostile_model(tmp_path_factory.mktemp("control") / "dir", marker_dir / "control")
-    ts = start_server(tmp_path_factory, store, properties=UNGUARDED)
+    ts = start_server(tmp_path_factory, store, store_guard=False)
     try:
         rest = RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens)
         rest.register(str(folder), model_name="intruder", initial_workers=1)

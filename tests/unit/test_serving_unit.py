@@ -12,7 +12,9 @@ import pytest
 
 from polydet.errors import InvalidInputError
 from polydet.ops.warp import dewarp, rectified_size
-from polydet.serving.server import Ports, ServerError, Tokens, read_properties, resolve_paths, write_properties
+from polydet.serving.server import (Ports, ServerError, Tokens, default_config, effective_properties, read_properties,
+                                    write_properties)
+from polydet.serving.storeguard import jar_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,10 +54,18 @@ def test_repo_config_properties_is_loopback_token_protected_and_restricted():
     assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "true"
     assert props["allowed_urls"] == "^$" and props["metrics_mode"] == "prometheus"
     assert "-Xmx" in props["vmargs"]
-    resolved = resolve_paths(props, REPO)
-    assert Path(resolved["metrics_config"]).is_file() and Path(resolved["model_store"]).is_absolute()
-    log4j = next(a for a in resolved["vmargs"].split() if a.startswith("-Dlog4j.configurationFile="))
+    resolved = effective_properties(REPO / "config.properties")
+    assert resolved["model_store"] == str(REPO / "model_store")
+    assert Path(resolved["metrics_config"]).is_file() and Path(resolved["metrics_config"]).name == "metrics.yaml"
+    vmargs = resolved["vmargs"].split()
+    assert vmargs[:len(props["vmargs"].split())] == props["vmargs"].split()
+    log4j = next(a for a in vmargs if a.startswith("-Dlog4j.configurationFile="))
     assert Path(log4j.split("=", 1)[1]).is_file()
+    (agent,) = [a for a in vmargs if a.startswith("-javaagent:")]
+    assert agent == f"-javaagent:{jar_path()}" and jar_path().is_file()
+    assert not any(a.startswith("-javaagent:") for a in effective_properties(REPO / "config.properties",
+                                                                             store_guard=False)["vmargs"].split())
+    assert default_config().resolve() == (REPO / "config.properties").resolve()  # the package ships this file
 
 
 def test_properties_round_trip(tmp_path):

@@ -34,20 +34,6 @@ def sample_jpegs(n: int, sizes=(320, 640, 1024, 1600), seed: int = 0, quality: i
     return out
 
 
-def timeit(fn, repeat: int = 20, warmup: int = 3, budget_s: float = 20.0) -> list[float]:
-    """Run ``fn`` ``warmup`` times untimed, then up to ``repeat`` times (or until ``budget_s``); seconds."""
-    for _ in range(warmup):
-        fn()
-    times, start = [], time.perf_counter()
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget_s:
-            break
-    return times
-
-
 def median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1e3
 

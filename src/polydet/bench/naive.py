@@ -11,6 +11,7 @@ import io
 import numpy as np
 import torch
 
+from ..ops.letterbox import PAD_VALUE
 from ..ops.reference import shapely_nms
 
 
@@ -27,7 +28,7 @@ class NaiveDetector:
         w, h = img.size
         r = self.size / max(w, h)
         nw, nh = round(w * r), round(h * r)
-        canvas = Image.new("RGB", (self.size, self.size), (114, 114, 114))
+        canvas = Image.new("RGB", (self.size, self.size), (PAD_VALUE,) * 3)
         left, top = (self.size - nw) // 2, (self.size - nh) // 2
         canvas.paste(img.resize((nw, nh), Image.BILINEAR), (left, top))
         x = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]

@@ -3,6 +3,7 @@ pickled YOLOv5 training checkpoints (``polygon_best.pt``), read without running 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def load_model(path: str | Path, cfg: str | None = None, names: list[str] | None
     if names is not None:
         if len(names) != model.nc:
             raise ModelLoadError(f"{len(names)} class names given for a model with nc={model.nc}")
-        info.names = list(names)
+        info = dataclasses.replace(info, names=list(names))
     if imgsz is not None:
-        info.imgsz = imgsz
+        info = dataclasses.replace(info, imgsz=imgsz)
     return model.to(device).eval(), info

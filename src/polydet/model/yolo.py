@@ -61,7 +61,7 @@ class PolygonDetect(nn.Module):
         return out.view(p.shape[0], -1, self.no)
 
     @torch.no_grad()
-    def init_biases(self, image_area_per_object: float = 640.0**2 / 8) -> None:
+    def init_biases(self) -> None:
         """YOLOv5's prior: objectness bias for ~8 objects per 640 image, class bias for balanced classes."""
         for mi, s in zip(self.m, self.strides):
             b = mi.bias.view(self.na, -1)

@@ -1,5 +1,5 @@
 """Pure tensor/array ops: letterbox, exact polygon IoU, polygon NMS, corner ordering."""
 
-from .letterbox import Letterbox, letterbox, scale_polygons  # noqa: F401
+from .letterbox import Letterbox, letterbox  # noqa: F401
 from .nms import polygon_nms  # noqa: F401
 from .polygon import order_corners, polygon_area, polygon_iou  # noqa: F401

@@ -81,8 +81,3 @@ def letterbox(img: np.ndarray, size: int, stride: int = 32, auto: bool = False,
     # The scale actually applied per axis differs from r by rounding; use r (what the seeds use) so the
     # inverse is exact up to that sub-pixel rounding.
     return out, Letterbox(scale=r, pad=(float(left), float(top)), in_shape=img.shape[:2], out_shape=(oh, ow))
-
-
-def scale_polygons(polys, lb: Letterbox, clamp: bool = True):
-    """Alias of ``lb.unmap``: letterboxed polygons (K, 4, 2) -> original-image pixels."""
-    return lb.unmap(polys, clamp=clamp)

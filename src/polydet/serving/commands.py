@@ -161,37 +161,61 @@ def manage_main(argv: list[str] | None = None) -> int:
 def make_serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polydet serve", description="Build the archives if needed, start TorchServe "
                                 "in the background, wait until the model's worker is READY, send a sample "
-                                "image through REST and print the detections.")
-    p.add_argument("--root", default=".", help="repository root: config.properties, model_store/, "
-                   "archive.sh, examples/ (default: the current folder)")
-    p.add_argument("--config", help="TorchServe config (default: ROOT/config.properties)")
+                                "image through REST and print the detections. Works in any folder.")
+    p.add_argument("--root", default=".", help="start folder: logs/, key_file.json, model_store/, build/; "
+                   "weights/ and examples/ are used when present (default: the current folder)")
+    p.add_argument("--config", help="TorchServe config (default: ROOT/config.properties if present, else "
+                   "polydet's own)")
+    p.add_argument("--weights", help="checkpoint to archive when the store lacks the archives "
+                   "(default: ROOT/weights/polydet_main_area.pt if present, else the bundled model)")
     p.add_argument("--model", default="polydet", help="model to wait for and query (default %(default)s)")
-    p.add_argument("--image", help="sample image (default: the first image in ROOT/examples/)")
-    p.add_argument("--no-build", action="store_true", help="do not run archive.sh")
+    p.add_argument("--image", help="sample image (default: the first image in ROOT/examples/, else polydet's)")
+    p.add_argument("--no-build", action="store_true", help="do not build archives")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY (default %(default)s)")
     return p
 
 
-def serve_main(argv: list[str] | None = None) -> int:
-    import subprocess
+def _build(root: Path, weights: str | None) -> None:
+    from .. import assets
+    from .archive import ArchiveJob, build_archives
 
+    local = root / "weights" / assets.WEIGHTS
+    build_archives(ArchiveJob(root / "model_store", root / "build" / "archive",
+                              weights=weights or (str(local) if local.is_file() else None)))
+
+
+def serve_main(argv: list[str] | None = None) -> int:
     from .client import RestClient
-    from .server import STATE_FILE, ServerError, TorchServe, read_properties
+    from ..errors import ConfigError
+    from .properties import LISTENER_KEYS, with_environment
+    from .server import STATE_FILE, ServerError, TorchServe, default_config, read_properties
 
     args = make_serve_parser().parse_args(argv)
     root = Path(args.root).resolve()
     config = Path(args.config).resolve() if args.config else root / "config.properties"
+    if not args.config and not config.is_file():
+        config = default_config()
     if not config.is_file():
-        print(f"polydet serve: {config} not found (run from the repository root or pass --root)", file=sys.stderr)
+        print(f"polydet serve: {config} not found", file=sys.stderr)
         return 2
     state = root / "logs" / STATE_FILE
     if _running(state):
         print(f"polydet serve: a TorchServe started from {root} is already running; stop it with `polydet stop`",
               file=sys.stderr)
         return 1
-    if not args.no_build:
-        subprocess.run(["bash", str(root / "archive.sh")], cwd=root, check=True)
-    ts = TorchServe(run_dir=root, config=config, tmp_dir=root / "logs" / "tmp")
+    try:
+        if not args.no_build:
+            _build(root, args.weights)
+    except PolydetError as e:
+        print(f"polydet serve: {e}", file=sys.stderr)
+        return 1
+    try:  # POLYDET_BIND_ADDRESS / POLYDET_*_PORT move the listeners, as in the container
+        listeners = with_environment(read_properties(config))
+    except ConfigError as e:
+        print(f"polydet serve: {e}", file=sys.stderr)
+        return 2
+    ts = TorchServe(run_dir=root, config=config, model_store=root / "model_store", tmp_dir=root / "logs" / "tmp",
+                    properties={k: listeners[k] for k in LISTENER_KEYS})
     (ts.tmp_dir / ".model_server.pid").unlink(missing_ok=True)  # stale: _running() said no server
     try:
         ts.start()
@@ -235,23 +259,14 @@ def _running(state: Path) -> bool:
 
 
 def _sample_image(root: Path) -> Path:
+    """The first image in ROOT/examples/, else the sample polydet ships."""
+    from .. import assets
+
     for pattern in IMAGE_GLOBS:
         found = sorted(glob.glob(str(root / "examples" / pattern)))
         if found:
             return Path(found[0])
-    # No example shipped: draw a page on a gradient so the demo still has something to send.
-    import cv2
-    import numpy as np
-
-    h, w = 480, 640
-    img = np.dstack([np.tile(np.linspace(60, 160, w, dtype=np.uint8), (h, 1))] * 3)
-    quad = np.array([[180, 70], [470, 110], [440, 430], [150, 400]], np.int32)
-    cv2.fillConvexPoly(img, quad, (235, 235, 235))
-    for k in range(8):
-        cv2.line(img, (200 + 3 * k, 130 + 32 * k), (430 + 3 * k, 160 + 32 * k), (40, 40, 40), 3)
-    out = root / "logs" / "sample.jpg"
-    cv2.imwrite(str(out), img)
-    return out
+    return assets.path(assets.SAMPLE)
 
 
 def make_stop_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from typing import Mapping
 
 from ..errors import ConfigError, InvalidInputError
 from ..imageio import DEFAULT_MAX_PIXELS
-from ..pipeline import DetectOptions
+from ..options import DetectOptions
 
 
 @dataclass(frozen=True)

@@ -22,62 +22,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, PolydetError
+from .properties import (Ports, default_config, effective_properties, read_properties,  # noqa: F401 - re-exported
+                         resolve_paths, write_properties)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]  # src/polydet/serving/server.py -> repo (editable install)
-PACKAGE_DIR = Path(__file__).resolve().parent
-METRICS_YAML = PACKAGE_DIR / "metrics.yaml"
-LOG4J2_XML = PACKAGE_DIR / "log4j2.xml"
 JAVA_MAIN = "org.pytorch.serve.ModelServer"
 STATE_FILE = "polydet-serve.json"  # written into <start folder>/logs/ by `polydet serve`, read by `polydet stop`
 
 
 class ServerError(PolydetError):
     """TorchServe did not start, its model never became READY, or it could not be stopped."""
-
-
-@dataclass(frozen=True)
-class Ports:
-    inference: int = 8080
-    management: int = 8081
-    metrics: int = 8082
-    grpc_inference: int = 7070
-    grpc_management: int = 7071
-
-    @classmethod
-    def free(cls) -> "Ports":
-        """Five distinct free loopback ports (all bound at once so none is handed out twice)."""
-        socks = []
-        try:
-            for _ in range(5):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.bind(("127.0.0.1", 0))
-                socks.append(s)
-            return cls(*(s.getsockname()[1] for s in socks))
-        finally:
-            for s in socks:
-                s.close()
-
-    def properties(self) -> dict[str, str]:
-        return {
-            "inference_address": f"http://127.0.0.1:{self.inference}",
-            "management_address": f"http://127.0.0.1:{self.management}",
-            "metrics_address": f"http://127.0.0.1:{self.metrics}",
-            "grpc_inference_address": "127.0.0.1",
-            "grpc_management_address": "127.0.0.1",
-            "grpc_inference_port": str(self.grpc_inference),
-            "grpc_management_port": str(self.grpc_management),
-        }
-
-    @classmethod
-    def from_properties(cls, props: dict[str, str]) -> "Ports":
-        def port(key, default):
-            value = props.get(key)
-            return int(value.rsplit(":", 1)[1]) if value and ":" in value else int(value or default)
-
-        d = cls()
-        return cls(port("inference_address", d.inference), port("management_address", d.management),
-                   port("metrics_address", d.metrics), port("grpc_inference_port", d.grpc_inference),
-                   port("grpc_management_port", d.grpc_management))
 
 
 @dataclass(frozen=True)
@@ -102,61 +55,20 @@ class Tokens:
                 time.sleep(0.1)
 
 
-def read_properties(path: str | Path) -> dict[str, str]:
-    """Parse a Java .properties file the way TorchServe's launcher does (key=value, # comments)."""
-    props = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
+def torchserve_command() -> list[str]:
+    """``torchserve`` run by this interpreter: its workers then run this Python too (TorchServe starts them
+    with its launcher's ``sys.executable``), whatever is on PATH."""
+    import importlib.util
 
-
-def write_properties(props: dict[str, str], path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-    return path
-
-
-def resolve_paths(props: dict[str, str], base: Path) -> dict[str, str]:
-    """Make the relative paths of a config (model_store, metrics_config, the log4j file) absolute."""
-    out = dict(props)
-    for key in ("model_store", "metrics_config", "workflow_store"):
-        if out.get(key) and not os.path.isabs(out[key]):
-            out[key] = str((base / out[key]).resolve())
-    if out.get("vmargs"):
-        out["vmargs"] = " ".join(_resolve_vmarg(a, base) for a in out["vmargs"].split())
-    return out
-
-
-# JVM options whose value is a file: (prefix up to the path, the rest after it)
-_VMARG_PATHS = ("-Dlog4j.configurationFile=", "-javaagent:")
-
-
-def _resolve_vmarg(arg: str, base: Path) -> str:
-    for prefix in _VMARG_PATHS:
-        if arg.startswith(prefix):
-            path, sep, options = arg[len(prefix):].partition("=")  # -javaagent:JAR=OPTIONS
-            if path and not os.path.isabs(path) and "://" not in path:
-                return f"{prefix}{(base / path).resolve()}{sep}{options}"
-    return arg
-
-
-def _torchserve_exe() -> str:
-    exe = Path(sys.executable).with_name("torchserve")
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("torchserve")
-    if not found:
+    if importlib.util.find_spec("ts") is None:
         raise ServerError("torchserve is not installed: pip install 'polydet[serve]'")
-    return found
+    return [sys.executable, "-m", "ts.model_server"]
 
 
 def missing_prerequisite() -> str | None:
     """Why TorchServe cannot start on this machine (no torchserve, no Java), or None: a skip reason."""
     try:
-        _torchserve_exe()
+        torchserve_command()
     except ServerError as e:
         return str(e)
     if not shutil.which("java"):
@@ -168,19 +80,21 @@ class TorchServe:
     """One TorchServe instance.
 
     run_dir: start folder (logs/, key_file.json) and, by default, home of TMPDIR (``run_dir/tmp``).
-    config: template config.properties; its relative paths resolve against its own folder.
+    config: template config.properties (default: polydet's own); see :func:`effective_properties`.
     ports / model_store / models: override the template (``models`` -> load_models, e.g. "polydet.mar").
     properties: any further key overrides (e.g. {"allowed_urls": ...}).
+    store_guard: False only in the tests that show what the store guard prevents.
     """
 
-    def __init__(self, run_dir: str | Path, config: str | Path = REPO_ROOT / "config.properties", *,
+    def __init__(self, run_dir: str | Path, config: str | Path | None = None, *,
                  ports: Ports | None = None, model_store: str | Path | None = None, models: str | None = None,
-                 properties: dict[str, str] | None = None, tmp_dir: str | Path | None = None):
+                 properties: dict[str, str] | None = None, tmp_dir: str | Path | None = None,
+                 store_guard: bool = True):
         self.run_dir = Path(run_dir).resolve()
-        self.template = Path(config).resolve()
+        self.template = Path(config).resolve() if config is not None else default_config()
         if not self.template.is_file():
             raise ConfigError(f"TorchServe config not found: {self.template}")
-        props = resolve_paths(read_properties(self.template), self.template.parent)
+        props = effective_properties(self.template, store_guard)
         if ports is not None:
             props.update(ports.properties())
         if model_store is not None:
@@ -249,7 +163,7 @@ class TorchServe:
         env = dict(os.environ, TMPDIR=str(self.tmp_dir), TEMP=str(self.tmp_dir),
                    LOG_LOCATION=str(self.log_dir), METRICS_LOCATION=str(self.log_dir))
         env.pop("TS_CONFIG_FILE", None)  # it would override --ts-config
-        cmd = [_torchserve_exe(), "--start", "--ncs", "--foreground", "--ts-config", str(self.config_path)]
+        cmd = [*torchserve_command(), "--start", "--ncs", "--foreground", "--ts-config", str(self.config_path)]
         with open(self.log_dir / "torchserve.out", "ab") as out:
             # Own session: Ctrl-C in the caller's terminal does not reach the server; stop() does.
             self.launcher = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stdout=out,

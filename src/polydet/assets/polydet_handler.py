@@ -1,0 +1,1 @@
+../../../handlers/polydet_handler.py

@@ -1,0 +1,217 @@
+"""Build TorchServe archives of a polydet model: ``polydet archive`` (``archive.sh`` is a thin wrapper).
+
+Each archive holds one artifact (exported from the weights, or given), the handler polydet ships and a
+model-config.yaml written from :class:`Batching` (TorchServe's keys) and the service's own config
+(:class:`~polydet.serving.config.ServiceConfig`, whose ``options`` are the pipeline's DetectOptions):
+no default is restated here. Re-running is idempotent: an archive whose inputs are unchanged (same
+weights, settings, handler, polydet version) is kept unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__, assets
+from ..errors import ConfigError, PolydetError
+from ..options import DetectOptions
+from .config import ServiceConfig
+
+RANDOM = "random"  # --weights random: a random-weight demo model (its artifact is named *_RANDOM_DEMO)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """TorchServe's top-level keys of model-config.yaml. Defaults measured on a 2-core machine
+    (BENCHMARKS.md): one single-threaded worker per core; batches of up to 4 halve TorchServe's CPU per
+    request under load; a lone request waits at most 1 ms for a partner (5 ms added 6 ms to the p50)."""
+
+    min_workers: int = 2
+    max_workers: int = 2
+    batch_size: int = 4
+    max_batch_delay: int = 1  # ms a worker waits to fill a batch
+    response_timeout: int = 60  # s
+
+    def to_yaml_keys(self) -> dict:
+        return {"minWorkers": self.min_workers, "maxWorkers": self.max_workers, "batchSize": self.batch_size,
+                "maxBatchDelay": self.max_batch_delay, "responseTimeout": self.response_timeout}
+
+
+SERVED = ServiceConfig(torch_threads=1)  # one torch thread per worker: the workers are the parallelism
+
+
+def model_config(batching: Batching, service: ServiceConfig) -> str:
+    import yaml
+
+    head = ("# Written by `polydet archive`. TorchServe reads the top-level keys; polydet's handler reads\n"
+            "# `handler:` (polydet.serving.config.ServiceConfig) and refuses unknown keys there.\n")
+    return head + yaml.safe_dump({**batching.to_yaml_keys(), "handler": service.to_section()}, sort_keys=False)
+
+
+def fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            st = part.stat()
+            part = f"{part.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        h.update(str(part).encode() + b"\0")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ArchiveJob:
+    store: Path
+    build: Path
+    name: str = "polydet"
+    version: str = "1.0"
+    weights: str | None = None  # a checkpoint; None: the bundled weights; "random": a demo model
+    formats: tuple[str, ...] = ("torchscript", "onnx")
+    imgsz: int | None = None
+    artifact: Path | None = None  # archive this artifact as it is instead of exporting
+    batching: Batching = Batching()
+    service: ServiceConfig = SERVED
+    force: bool = False
+
+
+def weights_path(weights: str | None) -> str:
+    if weights is None:  # the bundled model, unless this checkout or install lacks it
+        bundled = assets.path(assets.WEIGHTS)
+        if bundled.is_file():
+            return str(bundled)
+        print(f"polydet archive: WARNING: {bundled} not found: building a RANDOM-WEIGHT DEMO model "
+              "(meaningless detections)", file=sys.stderr)
+        return RANDOM
+    if weights != RANDOM and not Path(weights).is_file():
+        raise ConfigError(f"weights not found: {weights}")
+    return weights if weights == RANDOM else str(Path(weights).resolve())
+
+
+def capped(job: ArchiveJob, artifact: Path, explicit_batch: bool) -> Batching:
+    """The batching an artifact can take: a fixed-batch artifact gets batchSize <= its batch."""
+    from ..backends import load_backend
+
+    fixed = load_backend(artifact).max_batch
+    if fixed is None or job.batching.batch_size <= fixed:
+        return job.batching
+    if explicit_batch:
+        raise ConfigError(f"{artifact.name} takes batches of exactly {fixed}: --batch-size "
+                          f"{job.batching.batch_size} would be run in chunks of {fixed}; use --batch-size {fixed}")
+    print(f"polydet archive: {artifact.name} takes batches of {fixed}: batchSize {fixed}", file=sys.stderr)
+    return dataclasses.replace(job.batching, batch_size=fixed)
+
+
+def archive_one(job: ArchiveJob, mar_name: str, artifact: Path, explicit_batch: bool) -> Path:
+    batching = capped(job, artifact, explicit_batch)
+    build = job.build / f"{job.name}-{job.version}"
+    if batching != job.batching:  # this artifact's own config, beside the shared one
+        build = build / mar_name
+        build.mkdir(exist_ok=True)
+    config = build / "model-config.yaml"  # the name TorchServe's manifest records
+    config.write_text(model_config(batching, job.service))
+    cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", mar_name, "--version",
+           job.version, "--serialized-file", str(artifact), "--handler", str(assets.path(assets.HANDLER)),
+           "--config-file", str(config), "--export-path", str(job.store), "--force"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise PolydetError(f"torch-model-archiver failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
+    return job.store / f"{mar_name}.mar"
+
+
+def build_archives(job: ArchiveJob, explicit_batch: bool = False) -> list[Path]:
+    """Export (unless ``job.artifact``) and archive each format; returns the .mar paths."""
+    from ..export import FORMATS, export
+
+    job.store.mkdir(parents=True, exist_ok=True)
+    build = job.build / f"{job.name}-{job.version}"
+    build.mkdir(parents=True, exist_ok=True)
+    handler = assets.path(assets.HANDLER)
+    if job.artifact is not None:
+        items = [(job.name, Path(job.artifact).resolve(), None)]
+    else:
+        weights = weights_path(job.weights)
+        stem = f"{job.name}_RANDOM_DEMO" if weights == RANDOM else job.name
+        items = [(job.name + FORMATS[f].archive_suffix, build / f"{stem}{FORMATS[f].suffix}", f) for f in job.formats]
+    out = []
+    for mar_name, artifact, fmt in items:
+        mar = job.store / f"{mar_name}.mar"
+        stamp = build / f"{mar_name}.fingerprint"
+        source = artifact if fmt is None else (weights if weights == RANDOM else Path(weights))
+        key = fingerprint(__version__, source, handler, fmt, job.imgsz, job.version, job.batching, job.service,
+                          artifact.name)
+        if not job.force and mar.is_file() and stamp.is_file() and stamp.read_text() == key:
+            print(f"polydet archive: {mar} is up to date (--force rebuilds)")
+            out.append(mar)
+            continue
+        if fmt is not None:
+            imgsz = job.imgsz or (224 if weights == RANDOM else None)
+            export(weights, fmt, out=artifact, imgsz=imgsz)
+        out.append(archive_one(job, mar_name, artifact, explicit_batch))
+        stamp.write_text(key)
+        print(f"polydet archive: wrote {mar} ({mar.stat().st_size / 1e6:.1f} MB, from {source})")
+    return out
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from ..export import FORMATS
+
+    d, b, o = SERVED, Batching(), DetectOptions()
+    p = argparse.ArgumentParser(prog="polydet archive", description=__doc__.splitlines()[0])
+    p.add_argument("--weights", help="checkpoint (default: the bundled model), or `random` for a demo")
+    p.add_argument("--artifact", type=Path, help="archive this exported artifact as it is (any backend's suffix)")
+    p.add_argument("--store", type=Path, default=Path("model_store"), help="model store (default ./model_store)")
+    p.add_argument("--build", type=Path, default=Path("build/archive"), help="work folder (default ./build/archive)")
+    p.add_argument("--formats", default=" ".join(FORMATS), help=f"formats to export, space- or comma-separated "
+                   f"(default \"%(default)s\"; known: {', '.join(FORMATS)})")
+    p.add_argument("--name", default="polydet")
+    p.add_argument("--version", default="1.0")
+    p.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's)")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    g = p.add_argument_group("model-config.yaml: TorchServe")
+    for flag, field, help_ in (("--batch-size", "batch_size", ""), ("--max-batch-delay", "max_batch_delay", "ms"),
+                               ("--min-workers", "min_workers", ""), ("--max-workers", "max_workers", ""),
+                               ("--response-timeout", "response_timeout", "s")):
+        g.add_argument(flag, type=int, dest=field, help=f"{help_} (default {getattr(b, field)})".strip())
+    g = p.add_argument_group("model-config.yaml: handler")
+    g.add_argument("--conf", type=float, default=o.conf)
+    g.add_argument("--iou", type=float, default=o.iou)
+    g.add_argument("--max-det", type=int, default=o.max_det)
+    g.add_argument("--multi-label", type=_bool, default=o.multi_label, metavar="true|false")
+    g.add_argument("--agnostic", type=_bool, default=o.agnostic, metavar="true|false")
+    g.add_argument("--max-pixels", type=int, default=d.max_pixels)
+    g.add_argument("--torch-threads", type=int, default=d.torch_threads)
+    return p
+
+
+def _bool(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() == "true"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..export import FORMATS
+
+    args = make_parser().parse_args(argv)
+    formats = tuple(f for f in args.formats.replace(",", " ").split() if f)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        print(f"polydet archive: unknown format(s) {unknown}; known: {', '.join(FORMATS)}", file=sys.stderr)
+        return 2
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Batching) if getattr(args, f.name) is not None}
+    try:
+        options = DetectOptions.from_dict({"conf": args.conf, "iou": args.iou, "max_det": args.max_det,
+                                           "multi_label": args.multi_label, "agnostic": args.agnostic})
+        service = ServiceConfig.from_section({**SERVED.to_section(), "options": dataclasses.asdict(options),
+                                              "max_pixels": args.max_pixels, "torch_threads": args.torch_threads})
+        job = ArchiveJob(args.store.resolve(), args.build.resolve(), args.name, args.version, args.weights, formats,
+                         args.imgsz, args.artifact, Batching(**given), service, args.force)
+        build_archives(job, explicit_batch="batch_size" in given)
+    except PolydetError as e:
+        print(f"polydet archive: error: {e}", file=sys.stderr)
+        return 2
+    return 0
