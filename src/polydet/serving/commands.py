@@ -184,17 +184,25 @@ def _build(root: Path, weights: str | None) -> None:
                               weights=weights or (str(local) if local.is_file() else None)))
 
 
+def _serve_config(root: Path, given: str | None) -> Path:
+    """--config, else ROOT/config.properties if there is one, else the config polydet ships."""
+    from .properties import default_config
+
+    if given:
+        return Path(given).resolve()
+    local = root / "config.properties"
+    return local if local.is_file() else default_config()
+
+
 def serve_main(argv: list[str] | None = None) -> int:
     from .client import RestClient
     from ..errors import ConfigError
     from .properties import LISTENER_KEYS, with_environment
-    from .server import STATE_FILE, ServerError, TorchServe, default_config, read_properties
+    from .server import STATE_FILE, ServerError, TorchServe, read_properties
 
     args = make_serve_parser().parse_args(argv)
     root = Path(args.root).resolve()
-    config = Path(args.config).resolve() if args.config else root / "config.properties"
-    if not args.config and not config.is_file():
-        config = default_config()
+    config = _serve_config(root, args.config)
     if not config.is_file():
         print(f"polydet serve: {config} not found", file=sys.stderr)
         return 2
