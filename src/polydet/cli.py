@@ -23,6 +23,8 @@ EXTERNAL = {
     "stop": ("polydet.serving.commands", "stop the TorchServe started by `polydet serve`"),
     "bench": ("polydet.bench", "benchmarks: pipeline stages, served vs in-process, NMS"),
     "inspect": ("polydet.model.summary", "what a checkpoint holds: layout, classes, input size, anchors, epoch"),
+    "quantize": ("polydet.optimize.quantize", "INT8 ONNX (static QDQ) with an accuracy and speed report vs fp32"),
+    "debug": ("polydet.optimize.debug", "compare two artifacts layer by layer: where does the error start"),
 }
 DATA_MODULE = "polydet.data.synth"
 
@@ -65,6 +67,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="deprecated: --precision fp16")
     p.add_argument("--passes", type=lambda s: tuple(filter(None, s.split(","))), default=(),
                    help=f"comma-separated graph passes, run in order (known: {', '.join(PASSES) or 'none yet'})")
+    p.add_argument("--calib", help="int8: calibration image folder (default: synthetic; see `polydet quantize`)")
     p.add_argument("--dynamic", action="store_true", help="any stride-aligned H x W (rectangular letterbox)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--device", default="cpu", help="device to trace on (artifacts run on any device)")
@@ -139,7 +142,7 @@ def _export(args) -> int:
         precision = "fp16"
     out, diff = export(args.weights, args.format, out=args.out, imgsz=args.imgsz, precision=precision,
                        dynamic=args.dynamic, opset=args.opset, device=args.device, cfg=args.cfg, names=names,
-                       seed=args.seed, passes=args.passes)
+                       seed=args.seed, passes=args.passes, quant={"calib": args.calib} if args.calib else None)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     print(f"parity vs eager model: max |diff| corners {diff['corners_px']:.3g} px, scores {diff['scores']:.3g}")
     return 0

@@ -37,7 +37,7 @@ def test_rows_agree_with_the_backends():
         assert backend_class(Path("m" + row.suffix)).__module__ == f"polydet.backends.{row.backend}"
         assert callable(resolve(row.exporter))
         assert set(row.passes) <= set(PASSES)
-        assert row.precisions == (Precision.FP32, Precision.FP16)
+        assert row.precisions == (Precision.FP32, Precision.FP16) + ((Precision.INT8,) if name == "onnx" else ())
     with pytest.raises(dataclasses.FrozenInstanceError):
         FORMATS["onnx"].suffix = ".x"
 
@@ -58,9 +58,9 @@ def test_a_precision_the_format_lacks_is_refused(tmp_path, capsys):
         export("random", "torchscript", out=tmp_path / "x.torchscript", precision=Precision.INT8)
     with pytest.raises(ConfigError, match=r"unknown precision 'fp64': fp32, fp16, int8"):
         export("random", "onnx", out=tmp_path / "x.onnx", precision="fp64")
-    assert main(["export", "--weights", "random", "--format", "onnx", "--precision", "int8",
-                 "--out", str(tmp_path / "x.onnx")]) == 2
-    assert capsys.readouterr().err == "polydet export: error: onnx cannot be exported in int8: it supports fp32, fp16\n"
+    assert main(["export", "--weights", "random", "--format", "torchscript", "--precision", "int8",
+                 "--out", str(tmp_path / "x.torchscript")]) == 2
+    assert capsys.readouterr().err == "polydet export: error: torchscript cannot be exported in int8: it supports fp32, fp16\n"
     assert not list(tmp_path.iterdir())
 
 
@@ -74,13 +74,13 @@ def test_half_is_a_deprecated_alias_of_precision_fp16(tmp_path, capsys):
 
 
 def test_unknown_or_unsupported_pass_is_refused(tmp_path, monkeypatch, capsys):
-    with pytest.raises(ConfigError, match=r"^unknown graph pass 'slim': known passes: "):
-        export("random", "onnx", out=tmp_path / "x.onnx", passes=["slim"])
+    with pytest.raises(ConfigError, match=r"^unknown graph pass 'nosuch': known passes: slim, simplify, optimize$"):
+        export("random", "onnx", out=tmp_path / "x.onnx", passes=["nosuch"])
     with pytest.raises(ConfigError, match="sequence of pass names"):
         export("random", "onnx", out=tmp_path / "x.onnx", passes="slim")
-    assert main(["export", "--weights", "random", "--format", "onnx", "--passes", "slim",
+    assert main(["export", "--weights", "random", "--format", "onnx", "--passes", "nosuch",
                  "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "unknown graph pass 'slim'" in capsys.readouterr().err
+    assert "unknown graph pass 'nosuch'" in capsys.readouterr().err
     monkeypatch.setitem(PASSES, "stamp_a", f"{__name__}:stamp_a")  # known, but no row lists it
     with pytest.raises(ConfigError, match=r"^torchscript cannot run graph pass 'stamp_a': its passes: none$"):
         export("random", "torchscript", out=tmp_path / "x.torchscript", passes=["stamp_a"])
@@ -160,7 +160,9 @@ def test_tolerance_follows_the_row_and_precision(module, precision, device, key)
     assert tolerance(_backend(module, precision, device)) is TOLERANCES[key]
 
 
-def test_no_tolerance_for_int8_yet():
+def test_int8_has_its_own_tolerance_and_an_unknown_key_is_refused(monkeypatch):
+    assert tolerance(_backend("onnxruntime", Precision.INT8, "cpu")) is TOLERANCES["int8"]
+    monkeypatch.delitem(TOLERANCES, "int8")
     with pytest.raises(ExportError, match="no parity tolerance for int8"):
         tolerance(_backend("onnxruntime", Precision.INT8, "cpu"))
 

@@ -24,6 +24,7 @@ class ExportJob:
     out: Path
     info: ModelInfo
     opset: int = 17  # ONNX opset
+    quant: object = None  # int8 only: an export.int8.QuantConfig (None: its defaults)
 
 
 def load_or_build(weights: str, cfg: str | None = None, names=None, imgsz=None, seed: int = 0):

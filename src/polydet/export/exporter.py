@@ -22,14 +22,15 @@ from .verify import verify_artifact, verify_metadata
 def export(weights: str, fmt: str, out: str | Path | None = None, imgsz: int | None = None,
            precision: Precision | str = Precision.FP32, dynamic: bool = False, opset: int = 17,
            device: str = "cpu", cfg: str | None = None, names=None, verify: bool = True, seed: int = 0,
-           passes=()) -> tuple[Path, dict]:
+           passes=(), quant=None) -> tuple[Path, dict]:
     """Export and verify. Returns (artifact path, max abs differences vs eager; {} without ``verify``).
 
     ``out`` defaults to ``<weights stem>_<imgsz>[_<precision>]<suffix>`` (no precision part for fp32);
     ``passes``: names in ``PASSES`` that the format runs, applied in this order and recorded in the
-    artifact's ModelInfo.
+    artifact's ModelInfo. ``quant``: an ``export.int8.QuantConfig`` for ``precision="int8"`` (None: defaults).
     """
     row, precision, passes = check_request(fmt, precision, passes, device)
+    quant = _quant_config(quant, precision)
     model, info = load_or_build(weights, cfg=cfg, names=names, imgsz=imgsz, seed=seed)
     info = dataclasses.replace(info, imgsz=imgsz or info.imgsz, precision=precision, passes=passes,
                                dynamic=dynamic, letterbox="auto" if dynamic else "square")
@@ -39,7 +40,7 @@ def export(weights: str, fmt: str, out: str | Path | None = None, imgsz: int | N
     out.parent.mkdir(parents=True, exist_ok=True)
     eager = model.to(device).eval()
     job = ExportJob(fused_copy(eager, precision, device), example_input(info.imgsz, precision, device), out,
-                    info, opset)
+                    info, opset, quant)
     resolve(row.exporter)(job)
     for name in passes:
         resolve(PASSES[name])(out, info)
@@ -77,6 +78,17 @@ def check_request(fmt: str, precision, passes, device) -> tuple[ExportFormat, Pr
         if name not in row.passes:
             raise ConfigError(f"{fmt} cannot run graph pass {name!r}: its passes: {', '.join(row.passes) or 'none'}")
     return row, precision, passes
+
+
+def _quant_config(quant, precision: Precision):
+    """``quant`` (a QuantConfig, a dict of its fields, or None) checked against the precision."""
+    if quant is None:
+        return None
+    if precision is not Precision.INT8:
+        raise ConfigError(f"quantization options (calibration) apply to int8 exports, not {precision.value}")
+    from .int8 import QuantConfig
+
+    return quant if isinstance(quant, QuantConfig) else QuantConfig(**quant)
 
 
 def default_out(weights: str, info: ModelInfo, row: ExportFormat) -> Path:

@@ -32,14 +32,20 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("torchscript", ".torchscript", ".torchscript:export_torchscript", "torchscript",
                  (Precision.FP32, Precision.FP16), cuda_tf32=True),
     ExportFormat("onnx", ".onnx", ".onnx:export_onnx", "onnxruntime",
-                 (Precision.FP32, Precision.FP16), archive_suffix="_onnx"),
+                 (Precision.FP32, Precision.FP16, Precision.INT8), passes=("slim", "simplify", "optimize"),
+                 archive_suffix="_onnx"),
 )}
 
 # Graph passes: name -> "module:function", called as function(path: Path, info: ModelInfo) -> None after
 # the export, rewriting the artifact in place and keeping its metadata (``info``, passes included). An
-# export runs the requested ones in the order given and records that order in ModelInfo.passes. None
-# ships yet (onnxslim, an ONNX simplifier, is the first candidate: it is not a dependency today).
-PASSES: dict[str, str] = {}
+# export runs the requested ones in the order given and records that order in ModelInfo.passes. Each
+# checks its rewrite against the graph before it (export/passes.py: PASS_TOLERANCE) and keeps the output
+# contract; the tools are the `optimize` extra.
+PASSES: dict[str, str] = {
+    "slim": ".passes:slim",  # onnxslim: folding, dead code, shapes resolved (what quantizers need)
+    "simplify": ".passes:simplify",  # onnx-simplifier (onnxsim)
+    "optimize": ".passes:optimize",  # onnxoptimizer's fuse-and-eliminate passes
+}
 
 
 def resolve(spec: str) -> Callable:

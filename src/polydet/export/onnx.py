@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
 
 from ..backends.base import META_KEY
 from ..errors import ExportError, require
-from ..meta import ModelInfo
+from ..meta import ModelInfo, Precision
 from .common import ExportJob
 
 
 def export_onnx(job: ExportJob) -> None:
+    """fp32/fp16: the traced graph. int8: the fp32 graph, then ONNX Runtime's static QDQ quantization
+    (``job.quant``, default ``QuantConfig()``: see export/int8.py)."""
+    if job.info.precision is Precision.INT8:
+        from .int8 import QuantConfig, quantize_onnx
+
+        fp32 = job.out.with_name(job.out.stem + ".fp32.tmp.onnx")
+        try:
+            _trace(dataclasses.replace(job, out=fp32))
+            quantize_onnx(fp32, job.out, job.info, job.quant or QuantConfig())
+        finally:
+            fp32.unlink(missing_ok=True)
+        return
+    _trace(job)
+
+
+def _trace(job: ExportJob) -> None:
     onnx = require("onnx", "onnx", extra="onnx")
     # Batch is always dynamic (servers batch requests); height/width only with --dynamic.
     axes = {"images": {0: "batch"}, "output": {0: "batch"}}
