@@ -36,7 +36,7 @@ class PolydetHandler:
             if reply.status != 200:
                 context.set_response_status(reply.status, reply.body["error"][:200], idx=i)
             context.set_response_content_type(i, "application/json")
-        if context.metrics is not None:  # ts's MockContext has none
+        if context.metrics is not None and self.service.config.metrics:  # ts's MockContext has none
             self._record(context, stats, (time.perf_counter() - t0) * 1e3)
         return [json.dumps(r.body, separators=(",", ":")) for r in replies]
 

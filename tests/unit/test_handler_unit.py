@@ -241,3 +241,18 @@ def test_a_failing_model_only_fails_its_own_requests():
     assert statuses == [200, 500, 400]
     assert len(bodies[0]["detections"]) == 1
     assert bodies[1] == {"error": "internal error: RuntimeError", "code": 500}
+
+
+def test_handler_metrics_can_be_turned_off(tmp_path, artifacts, caplog):
+    """handler.metrics: false -> the handler records none of its per-batch metrics (each is a line the
+    worker prints and the frontend parses); the answer is the same."""
+    ctx = make_context(tmp_path, artifacts["torchscript"], {"metrics": False, "warmup": False})
+    handler = load_handler_module().PolydetHandler()
+    handler.initialize(ctx)
+    start_batch(ctx, 1)
+    with caplog.at_level(logging.INFO):
+        (out,) = handler.handle([{"body": jpeg()}], ctx)
+    assert set(json.loads(out)) == {"width", "height", "detections"}
+    assert not [m for m in caplog.messages if "[METRICS]" in m]
+    with pytest.raises(ConfigError, match="metrics"):
+        ServiceConfig.from_section({"metrics": "no"})

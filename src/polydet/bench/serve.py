@@ -62,21 +62,24 @@ class ServeSettings:
 
 def build_store(root: str | Path, weights: str | None = None, imgsz: int | None = None,
                 settings: ServeSettings = ServeSettings(), conf: float | None = None) -> tuple[Path, Path]:
-    """archive.sh into ``root/model_store`` (TorchScript only) -> (store, the artifact inside the archive)."""
+    """``polydet archive`` into ``root/model_store`` (TorchScript only), plus ``noop.mar`` (TorchServe's own
+    round trip, :mod:`polydet.bench.noop_handler`) -> (store, the artifact inside polydet.mar)."""
+    import dataclasses
+
+    from ..options import DetectOptions
+    from ..serving.archive import SERVED, ArchiveJob, Batching, build_archives
+
     root = Path(root)
     store, build = root / "model_store", root / "build"
-    env = dict(os.environ, PYTHON=sys.executable, BATCH_SIZE=str(settings.batch_size),
-               MAX_BATCH_DELAY=str(settings.max_batch_delay), MIN_WORKERS=str(settings.workers),
-               MAX_WORKERS=str(settings.workers))
-    if conf is not None:
-        env["CONF"] = str(conf)
-    cmd = ["bash", str(REPO / "archive.sh"), "--store", str(store), "--build", str(build), "--formats",
-           "torchscript", "--weights", weights or weights_or_random()]
-    if imgsz:
-        cmd += ["--imgsz", str(imgsz)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"archive.sh failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    batching = Batching(min_workers=settings.workers, max_workers=settings.workers, batch_size=settings.batch_size,
+                        max_batch_delay=settings.max_batch_delay)
+    service = SERVED if conf is None else dataclasses.replace(SERVED, options=DetectOptions(conf=conf))
+    build_archives(ArchiveJob(store, build, weights=weights or weights_or_random(), formats=("torchscript",),
+                              imgsz=imgsz, batching=batching, service=service))
+    noop = Path(__file__).with_name("noop_handler.py")
+    subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "noop", "--version",
+                    "1.0", "--handler", str(noop), "--export-path", str(store), "--force"], check=True,
+                   capture_output=True)
     artifact = next((build / f"{MODEL}-1.0").glob("*.torchscript"))
     return store, artifact
 
@@ -97,8 +100,7 @@ def served(store: str | Path, settings: ServeSettings, run_dir: str | Path | Non
         props = {**settings.properties(), **(properties or {})}
         if register:
             props["load_models"] = ""  # registered below, with the settings as parameters
-        ts = TorchServe(run_dir, REPO / "config.properties", ports=Ports.free(), model_store=store,
-                        properties=props)
+        ts = TorchServe(run_dir, ports=Ports.free(), model_store=store, properties=props)
         saved = {k: os.environ.get(k) for k in settings.env()}
         os.environ.update(settings.env())  # the frontend and its workers inherit the launcher's env
         try:

@@ -28,6 +28,9 @@ class ServiceConfig:
     # run the model at batch 1, 1 and batchSize on blank images while the worker starts, so the first
     # requests do not pay TorchScript's profiling runs
     warmup: bool = True
+    # per-batch stage metrics (PolydetPreprocessMs ... in metrics.yaml): each is a line the worker prints
+    # and the frontend parses; false leaves TorchServe's own metrics only
+    metrics: bool = True
 
     @classmethod
     def from_section(cls, section: Mapping | None) -> "ServiceConfig":
@@ -44,8 +47,9 @@ class ServiceConfig:
             _positive_int(section, key, getattr(cls, key))
         if section.get("torch_threads") is not None:
             _positive_int(section, "torch_threads", None)
-        if not isinstance(section.get("warmup", True), bool):
-            raise ConfigError(f"model-config.yaml: handler.warmup must be true or false, got {section['warmup']!r}")
+        for key in ("warmup", "metrics"):
+            if not isinstance(section.get(key, True), bool):
+                raise ConfigError(f"model-config.yaml: handler.{key} must be true or false, got {section[key]!r}")
         if not 1 <= section.get("dewarp_jpeg_quality", 90) <= 100:
             raise ConfigError("model-config.yaml: handler.dewarp_jpeg_quality must be in [1, 100]")
         values = dict(section)

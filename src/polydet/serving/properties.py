@@ -112,15 +112,18 @@ def default_config() -> Path:
     return assets.path(assets.CONFIG)
 
 
-def effective_properties(template: str | Path, store_guard: bool = True) -> dict[str, str]:
+def effective_properties(template: str | Path, store_guard: bool = True,
+                         overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The config TorchServe runs with: ``template``'s settings with its relative paths made absolute
-    (against its own folder), plus the files polydet ships with its package: the metrics declarations
-    and log config unless the template names its own, and the store guard's agent (SECURITY.md).
+    (against its own folder) and ``overrides`` applied, plus the files polydet ships with its package:
+    the metrics declarations and log config unless the config names its own, and the store guard's
+    agent (SECURITY.md), added to whatever ``vmargs`` the template or the overrides give.
     ``store_guard=False`` exists only for the tests that show the hole the guard closes."""
     from .storeguard import jar_path
 
     template = Path(template).resolve()
     props = resolve_paths(read_properties(template), template.parent)
+    props.update(overrides or {})
     props.setdefault("metrics_config", str(METRICS_YAML))
     args = props.get("vmargs", "").split()
     if not any(a.startswith("-Dlog4j.configurationFile=") for a in args):

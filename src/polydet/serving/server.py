@@ -94,14 +94,13 @@ class TorchServe:
         self.template = Path(config).resolve() if config is not None else default_config()
         if not self.template.is_file():
             raise ConfigError(f"TorchServe config not found: {self.template}")
-        props = effective_properties(self.template, store_guard)
-        if ports is not None:
-            props.update(ports.properties())
+        overrides = dict(ports.properties()) if ports is not None else {}
         if model_store is not None:
-            props["model_store"] = str(Path(model_store).resolve())
+            overrides["model_store"] = str(Path(model_store).resolve())
         if models is not None:
-            props["load_models"] = models
-        props.update(properties or {})
+            overrides["load_models"] = models
+        overrides.update(properties or {})
+        props = effective_properties(self.template, store_guard, overrides)
         self.properties = props
         self.ports = Ports.from_properties(props)
         self.tmp_dir = Path(tmp_dir).resolve() if tmp_dir else self.run_dir / "tmp"
