@@ -51,6 +51,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--naive-seconds", type=float, default=6.0)
     p.add_argument("--naive-rounds", type=int, default=2, help="ours/naive alternations per pair")
     p.add_argument("--skip-served", action="store_true", help="no TorchServe (in-process and naive only)")
+    p.add_argument("--protocols", default="REST,gRPC", help="served protocols to measure (default %(default)s)")
     p.add_argument("--out", default=None, help="folder for compare.csv, compare.json and compare.png")
     return p
 
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         import contextlib
 
         with (contextlib.nullcontext() if args.skip_served else served(store, settings, run_dir=tmp / "run")) as ts:
-            ways = ["in-process"] + ([] if args.skip_served else ["REST", "gRPC"])
+            ways = ["in-process"] + ([] if args.skip_served else [w for w in ("REST", "gRPC")
+                                                                  if w in args.protocols.split(",")])
             if ts is not None:
                 # TorchServe's own round trip: the same bodies to a handler that reads nothing
                 register_model(ts, ServeSettings(workers=1, batch_size=1), archive="noop.mar", name="noop")
