@@ -52,3 +52,28 @@ class ExportError(PolydetError):
     """An export failed or its artifact disagrees with the eager model beyond tolerance."""
 
     http_status = 500
+
+
+# Error messages go back to the client: a value of the client's is quoted in at most this many characters
+# (a 300 KB option value echoed whole made TorchServe cut the response and reset the connection).
+QUOTE_LIMIT = 80
+MESSAGE_LIMIT = 300
+
+
+def quote(value, limit: int = QUOTE_LIMIT) -> str:
+    """A client's value for an error message: its repr, nested containers and long strings abbreviated
+    (``reprlib``), then cut to ``limit`` characters. Never raises (a huge int's repr does)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlevel, r.maxlist, r.maxdict = limit, limit, 2, 6, 4
+    try:
+        text = r.repr(value)
+    except Exception:  # noqa: BLE001 - e.g. ValueError for an int of more than 4,300 digits
+        text = f"<{type(value).__name__}>"
+    return bounded(text, limit)
+
+
+def bounded(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut marked with '...'."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, quote
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,16 @@ class DetectOptions:
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise InvalidInputError(f"unknown option(s) {unknown}; allowed: {sorted(fields)}")
+            raise InvalidInputError(f"unknown option(s) {quote(unknown)}; allowed: {sorted(fields)}")
         for k, v in d.items():
             if k in ("conf", "iou"):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                    raise InvalidInputError(f"{k} must be a number in [0, 1], got {v!r}")
+                    raise InvalidInputError(f"{k} must be a number in [0, 1], got {quote(v)}")
             elif k == "max_det":
                 if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10000:
-                    raise InvalidInputError(f"max_det must be an integer in [1, 10000], got {v!r}")
+                    raise InvalidInputError(f"max_det must be an integer in [1, 10000], got {quote(v)}")
             elif not isinstance(v, bool):
-                raise InvalidInputError(f"{k} must be true or false, got {v!r}")
+                raise InvalidInputError(f"{k} must be true or false, got {quote(v)}")
         return dataclasses.replace(base or cls(), **{k: (float(v) if k in ("conf", "iou") else v)
                                                      for k, v in d.items()})
 

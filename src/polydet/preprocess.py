@@ -18,8 +18,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from .errors import InvalidInputError, PolydetError
-from .imageio import DEFAULT_MAX_PIXELS, decode_image
+from .errors import InvalidInputError, PolydetError, bounded
+from .imageio import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, Decoded, decode
 from .meta import ModelInfo
 from .ops.letterbox import PAD_VALUE, Letterbox, letterbox
 from .results import ImageError
@@ -45,8 +45,12 @@ ImageInput = Union[bytes, bytearray, memoryview, np.ndarray, RGB, BGR]
 
 @dataclass(frozen=True, eq=False)
 class Frame:
-    """One good input after preprocessing: its decoded pixels (HxWx3 uint8 RGB, original size; None where
-    a preprocessor keeps them elsewhere, e.g. on a GPU) and the letterbox that maps them to the model."""
+    """One good input after preprocessing: its decoded pixels (HxWx3 uint8 RGB; None where a preprocessor
+    keeps them elsewhere, e.g. on a GPU) and the letterbox that maps the original image to the model.
+
+    The pixels are the original's size, except for a large JPEG decoded reduced (``imageio.decode``): then
+    they are ``ceil(size / s)`` for its DCT scale s, and ``letterbox`` still maps *original* pixels (its
+    scale divided by s, exactly: s is a power of two), so polygons and ``size`` are the original's."""
 
     rgb: np.ndarray | None
     letterbox: Letterbox
@@ -84,7 +88,7 @@ def error_of(exc: BaseException) -> ImageError:
     """The ImageError for an exception: a PolydetError keeps its status and reason; anything else is a 500
     that names only the exception's type (its message may hold internals)."""
     if isinstance(exc, PolydetError):
-        return ImageError(exc.http_status, str(exc))
+        return ImageError(exc.http_status, bounded(str(exc)))
     return ImageError(500, f"internal error: {type(exc).__name__}")
 
 
@@ -107,32 +111,40 @@ def validate_array(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def to_rgb(image: ImageInput, max_pixels: int | None) -> np.ndarray:
-    """Any input -> HxWx3 uint8 RGB. Raises InvalidInputError / ImageTooLargeError with the reason."""
+def to_rgb(image: ImageInput, max_pixels: int | None, max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+           min_side: int | None = None) -> Decoded:
+    """Any input -> its HxWx3 uint8 RGB pixels, reduced only where ``imageio.decode`` may (an encoded JPEG
+    and ``min_side``). Raises InvalidInputError / ImageTooLargeError with the reason."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_image(image, max_pixels, rgb=True)
+        return decode(image, max_pixels, max_bytes, min_side)
     if isinstance(image, RGB):
-        return validate_array(image.array)
-    array = image.array if isinstance(image, BGR) else image
-    return validate_array(array)[..., ::-1]
+        rgb = validate_array(image.array)
+    else:
+        rgb = validate_array(image.array if isinstance(image, BGR) else image)[..., ::-1]
+    return Decoded(rgb, 1, (rgb.shape[1], rgb.shape[0]))
 
 
 class CpuPreprocessor(Preprocessor):
-    """PIL decoding (EXIF, odd modes, a pixel cap read from the header), cv2 letterbox, one uint8 copy
-    into the padded batch, then the float conversion on the backend's device."""
+    """PIL decoding (EXIF, odd modes, a pixel cap read from the header, a decode budget, large JPEGs decoded
+    reduced by DCT scaling to no less than the model's input), cv2 letterbox, one uint8 copy into the padded
+    batch, then the float conversion on the backend's device. ``max_decode_bytes``: the most memory one
+    image's decode may take (``imageio.DEFAULT_MAX_DECODE_BYTES``; None: no limit)."""
 
     def __init__(self, info: ModelInfo, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES):
         self.info = info
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_pixels = max_pixels
+        self.max_decode_bytes = max_decode_bytes
         self.auto = info.letterbox == "auto" and info.dynamic
 
     def frame(self, image: ImageInput) -> tuple[Frame, np.ndarray]:
-        rgb = to_rgb(image, self.max_pixels)
-        out, lb = letterbox(np.ascontiguousarray(rgb), self.info.imgsz, self.info.stride, auto=self.auto)
-        return Frame(rgb, lb), out
+        d = to_rgb(image, self.max_pixels, self.max_decode_bytes, self.info.imgsz)
+        out, lb = letterbox(np.ascontiguousarray(d.pixels), self.info.imgsz, self.info.stride, auto=self.auto)
+        if d.scale != 1:  # letterboxed from reduced pixels: map from the original's (scale / 2**k is exact)
+            lb = Letterbox(lb.scale / d.scale, lb.pad, (d.size[1], d.size[0]), lb.out_shape)
+        return Frame(d.pixels, lb), out
 
     def __call__(self, images: Sequence[ImageInput]) -> Prepared:
         items, boxed = [], []

@@ -183,6 +183,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--multi-label", type=_bool, default=o.multi_label, metavar="true|false")
     g.add_argument("--agnostic", type=_bool, default=o.agnostic, metavar="true|false")
     g.add_argument("--max-pixels", type=int, default=d.max_pixels)
+    g.add_argument("--max-decode-bytes", type=int, default=d.max_decode_bytes,
+                   help="memory one image's decode may take (default %(default)s)")
     g.add_argument("--torch-threads", type=int, default=d.torch_threads)
     return p
 
@@ -207,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         options = DetectOptions.from_dict({"conf": args.conf, "iou": args.iou, "max_det": args.max_det,
                                            "multi_label": args.multi_label, "agnostic": args.agnostic})
         service = ServiceConfig.from_section({**SERVED.to_section(), "options": dataclasses.asdict(options),
-                                              "max_pixels": args.max_pixels, "torch_threads": args.torch_threads})
+                                              "max_pixels": args.max_pixels, "max_decode_bytes": args.max_decode_bytes,
+                                              "torch_threads": args.torch_threads})
         job = ArchiveJob(args.store.resolve(), args.build.resolve(), args.name, args.version, args.weights, formats,
                          args.imgsz, args.artifact, Batching(**given), service, args.force)
         build_archives(job, explicit_batch="batch_size" in given)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import ConfigError, InvalidInputError
-from ..imageio import DEFAULT_MAX_PIXELS
+from ..imageio import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
 from ..options import DetectOptions
 
 
@@ -20,6 +20,9 @@ from ..options import DetectOptions
 class ServiceConfig:
     options: DetectOptions = field(default_factory=DetectOptions)  # server defaults; requests may override
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard; the header is checked before decoding
+    # the memory one image's decode may take, estimated before decoding (413 above it; large JPEGs are decoded
+    # reduced instead). A worker holds at most batchSize decoded images: budget batchSize x this per worker.
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     dewarp_max_side: int = 1024  # longer side of a dewarped crop, bounds the response size
     dewarp_jpeg_quality: int = 90
     # intra-op threads of torch (and ONNX Runtime) in each worker; None leaves torch's default (all
@@ -43,7 +46,7 @@ class ServiceConfig:
         unknown = sorted(set(section) - known)
         if unknown:
             raise ConfigError(f"model-config.yaml: unknown key(s) {unknown} in `handler:`; allowed: {sorted(known)}")
-        for key in ("max_pixels", "dewarp_max_side", "dewarp_jpeg_quality"):
+        for key in ("max_pixels", "max_decode_bytes", "dewarp_max_side", "dewarp_jpeg_quality"):
             _positive_int(section, key, getattr(cls, key))
         if section.get("torch_threads") is not None:
             _positive_int(section, "torch_threads", None)
