@@ -64,3 +64,25 @@ def test_cli_table_names_the_layer_and_compares_final_outputs(pair, tmp_path, ca
 def test_debug_refuses_what_it_cannot_compare(tmp_path, capsys):
     assert main(["debug", str(tmp_path / "nope.onnx"), str(tmp_path / "x.torchscript")]) == 2
     assert "needs an existing .onnx artifact" in capsys.readouterr().err
+
+
+def test_every_marked_tensor_matches_polygraphy(tmp_path):
+    """The independent oracle: polygraphy's ONNX Runtime runner with every output marked (the handbook's
+    tool) computes the same tensors as debug.run_all, on an INT8 QDQ graph."""
+    pytest.importorskip("polygraphy")
+    from polygraphy import constants
+    from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    from polydet.export.int8 import QuantConfig
+    from polydet.optimize.debug import run_all
+
+    q, _ = export("random", "onnx", out=tmp_path / "q.onnx", imgsz=64, precision="int8", quant=QuantConfig(n_calib=2))
+    x = inputs_for(q, "synth", 1)
+    loader = SessionFromOnnx(BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(q)), outputs=constants.MARK_ALL)))
+    with OnnxrtRunner(loader) as runner:
+        theirs = runner.infer({"images": x})
+    mine, _ = run_all(q, x)
+    assert set(theirs) == set(mine) and len(mine) > 500
+    for name, value in mine.items():
+        np.testing.assert_allclose(value.astype(np.float64), theirs[name], atol=1e-6, rtol=0, err_msg=name)

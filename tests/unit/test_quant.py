@@ -56,7 +56,7 @@ def test_int8_artifact_describes_itself_and_keeps_the_head_float(int8):
         assert inits[f"det.m.{i}.weight"].data_type == onnx.TensorProto.FLOAT
         assert f"det.m.{i}.weight_quantized" not in inits
     assert not [n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.name.startswith("/det/")]
-    assert diff["scores"] <= 0.3  # TOLERANCES["int8"], checked by export itself
+    assert diff["scores"] <= 0.5  # TOLERANCES["int8"], checked by export itself
 
 
 def test_custom_scales_pin_the_named_tensor(tmp_path, int8):

@@ -24,11 +24,12 @@ from .formats import for_backend
 # "int8": ONNX Runtime static QDQ (export/int8.py) on the fixed inputs, which are noise, not photos: a
 # gross-failure check, not an accuracy one (that is `polydet quantize --data`'s mAP report). Measured
 # with the bundled weights (64 synthetic calibration images): the default recipe 12.6 px / 0.19 at 224
-# and 21.9 px / 0.21 at 320; recipes that lose accuracy: nothing excluded 11.3 px / 1.04 (mAP50 -0.12),
-# head in float but no reduce_range on this non-VNNI CPU 40.1 px / 0.80 (mAP50 -0.04). The score bound
-# separates them; the corner bound only catches a broken graph (corners of junk rows move most).
+# and 21.9 px / 0.21 at 320, percentile calibration 15.7 px / 0.33 at 224; recipes that lose accuracy:
+# nothing excluded 11.3 px / 1.04 (mAP50 -0.12), head in float but no reduce_range on this non-VNNI CPU
+# 40.1 px / 0.80 (mAP50 -0.04). The score bound separates them; the corner bound only catches a broken
+# graph (corners of junk rows move most).
 TOLERANCES = {"fp32": {"corners_px": 0.05, "scores": 1e-3}, "tf32": {"corners_px": 1.0, "scores": 1e-2},
-              "fp16": {"corners_px": 1.0, "scores": 1e-2}, "int8": {"corners_px": 48.0, "scores": 0.3}}
+              "fp16": {"corners_px": 1.0, "scores": 1e-2}, "int8": {"corners_px": 48.0, "scores": 0.5}}
 
 
 @contextlib.contextmanager

@@ -1,0 +1,125 @@
+"""fp32 vs optimised vs INT8 PTQ variants of one model, accuracy and CPU speed, all in one run.
+
+    python benchmarks/quant_bench.py --weights weights/polydet_main_area.pt --n-val 300 --out benchmarks/results/quant
+
+Every artifact is exported from the same weights; accuracy is ``polydet.evaluate`` on one synthetic labelled
+set (seed 999, the model card's validation seed; the first ``--n-val`` images); calibration uses its own
+synthetic seed (QuantConfig.calib_seed) or ``--calib``. Speed: ONNX Runtime, ``--threads`` intra-op
+threads, batch 1 latency (ms, median) and batch 8 throughput (img/s), measured interleaved over every
+artifact in the same rounds (optimize/report.measure_speed), on real letterboxed validation images.
+Writes <out>.json and <out>.md (the table BENCHMARKS.md quotes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+VARIANTS = {  # name -> export() keyword arguments
+    "fp32": {},
+    "fp32 slim+simplify": {"passes": ["slim", "simplify"]},
+    "int8 minmax, head float": {"precision": "int8", "quant": {}},
+    "int8 percentile, head float": {"precision": "int8", "quant": {"method": "percentile"}},
+    "int8 entropy, head float": {"precision": "int8", "quant": {"method": "entropy"}},
+    "int8 minmax, decode float": {"precision": "int8", "quant": {"exclude": "decode"}},
+    "int8 minmax, nothing float": {"precision": "int8", "quant": {"exclude": "none"}},
+    "int8 minmax, head float, no reduce_range": {"precision": "int8", "quant": {"reduce_range": False}},
+}
+
+
+def parity(path: Path, eager, imgsz: int) -> dict:
+    """export()'s own check (max |artifact - eager| on its fixed inputs), returned rather than raised: two
+    variants here are expected to fail it (they lose accuracy)."""
+    import torch
+
+    from polydet.backends import load_backend
+    from polydet.export.common import fixed_inputs
+
+    x = fixed_inputs((imgsz, imgsz))
+    with torch.inference_mode():
+        d = (load_backend(path)(x) - eager(x)).abs()
+    return {"parity_corners_px": float(d[..., :8].max()), "parity_scores": float(d[..., 8:].max())}
+
+
+def build(args, workdir: Path) -> dict:
+    from polydet.export import export
+
+    paths = {}
+    for i, (name, kw) in enumerate(VARIANTS.items()):
+        kw = dict(kw)
+        if "quant" in kw:
+            kw["quant"] = {"calib": args.calib, "n_calib": args.n_calib, **kw["quant"]}
+        t = time.perf_counter()
+        paths[name], _ = export(args.weights, "onnx", out=workdir / f"v{i}.onnx", imgsz=args.imgsz, verify=False, **kw)
+        print(f"built {name} in {time.perf_counter() - t:.1f} s", flush=True)
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default="weights/polydet_main_area.pt")
+    p.add_argument("--imgsz", type=int)
+    p.add_argument("--n-val", type=int, default=300)
+    p.add_argument("--calib", default="synth")
+    p.add_argument("--n-calib", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/quant"))
+    p.add_argument("--work", help="keep the artifacts and the validation set here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args, Path(args.work or tmp))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+    return 0
+
+
+def run(args, workdir: Path) -> dict:
+    from polydet.backends import load_backend
+    from polydet.data.synth import write_dataset
+    from polydet.evaluate import evaluate_artifact
+    from polydet.export import TOLERANCES, load_or_build
+    from polydet.optimize.report import cpu_facts, load_batch, measure_speed
+
+    val = workdir / "val"
+    if not (val / "dataset.json").is_file() or json.loads((val / "dataset.json").read_text())["n"] != args.n_val:
+        write_dataset(val, args.n_val, seed=999, progress=False, preview=0)
+    paths = build(args, workdir)
+    rows = {}
+    eager, info = load_or_build(args.weights, imgsz=args.imgsz)
+    for name, path in paths.items():
+        r = evaluate_artifact(path, val)
+        rows[name] = {"map50": r["map50"], "map": r["map"], "mb": path.stat().st_size / 1e6,
+                      **parity(path, eager.eval(), args.imgsz or info.imgsz)}
+        print(f"{name}: mAP50 {r['map50']:.4f} mAP50-95 {r['map']:.4f}", flush=True)
+    backends = {name: load_backend(path) for name, path in paths.items()}
+    batch = load_batch(val, backends["fp32"].info, 8)
+    speed = measure_speed(backends, batch, threads=args.threads, rounds=args.rounds)
+    for name in rows:
+        rows[name].update(speed[name])
+    return {"tolerance_int8": TOLERANCES["int8"], "weights": args.weights, "n_val": args.n_val, "calib": args.calib,
+            "n_calib": args.n_calib, "threads": args.threads, "rounds": args.rounds, "cpu": cpu_facts(), "rows": rows}
+
+
+def table(result: dict) -> str:
+    ref = result["rows"]["fp32"]
+    lines = ["| variant | mAP50 | mAP50-95 | ms/img batch 1 | x fp32 | img/s batch 8 | x fp32 | MB | export check "
+             "(corners px / scores) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in result["rows"].items():
+        lines.append(f"| {name} | {r['map50']:.4f} | {r['map']:.4f} | {r['ms_batch1']:.2f} | "
+                     f"{r['ms_batch1'] / ref['ms_batch1']:.2f} | {r['img_s_batch8']:.1f} | "
+                     f"{r['img_s_batch8'] / ref['img_s_batch8']:.2f} | {r['mb']:.2f} | "
+                     f"{r['parity_corners_px']:.3g} / {r['parity_scores']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
