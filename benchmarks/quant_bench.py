@@ -103,16 +103,16 @@ def run(args, workdir: Path) -> dict:
     backends = {name: load_backend(path) for name, path in paths.items()}
     batch = load_batch(val, backends["fp32"].info, 8)
     speed = measure_speed(backends, batch, threads=args.threads, rounds=args.rounds)
-    for name in rows:
-        rows[name].update(speed[name])
+    for name, row in rows.items():
+        row.update(speed[name])
     return {"tolerance_int8": TOLERANCES["int8"], "weights": args.weights, "n_val": args.n_val, "calib": args.calib,
             "n_calib": args.n_calib, "threads": args.threads, "rounds": args.rounds, "cpu": cpu_facts(), "rows": rows}
 
 
 def table(result: dict) -> str:
     ref = result["rows"]["fp32"]
-    lines = ["| variant | mAP50 | mAP50-95 | ms/img batch 1 | x fp32 | img/s batch 8 | x fp32 | MB | export check "
-             "(corners px / scores) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| variant | mAP50 | mAP50-95 | ms/img batch 1 | x fp32 | img/s batch 8 | x fp32 | MB | export check "
+              "(corners px / scores) |"), "|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         lines.append(f"| {name} | {r['map50']:.4f} | {r['map']:.4f} | {r['ms_batch1']:.2f} | "
                      f"{r['ms_batch1'] / ref['ms_batch1']:.2f} | {r['img_s_batch8']:.1f} | "

@@ -11,7 +11,13 @@ from onnx import numpy_helper
 
 from polydet.cli import main
 from polydet.export import export
-from polydet.optimize.debug import SNR_CAP, compare_layers, first_jump, inputs_for, tensor_stats
+from polydet.optimize.debug import (
+    SNR_CAP,
+    compare_layers,
+    first_jump,
+    inputs_for,
+    tensor_stats,
+)
 
 CORRUPTED = "yolobody.6.cv2.conv.weight"
 ITS_OUTPUT = "/yolobody.6/cv2/conv/Conv_output_0"
@@ -54,7 +60,7 @@ def test_cli_table_names_the_layer_and_compares_final_outputs(pair, tmp_path, ca
     a, b = pair
     assert main(["debug", str(a), str(b), "--n", "2", "--top", "5", "--json", str(tmp_path / "d.json")]) == 0
     out = capsys.readouterr().out
-    assert f"first layer adding > 10.0 dB: " in out and f"Conv {ITS_OUTPUT} (SNR" in out
+    assert "first layer adding > 10.0 dB: " in out and f"Conv {ITS_OUTPUT} (SNR" in out
     assert out.count("final ") == 2
     data = json.loads((tmp_path / "d.json").read_text())
     assert {"corners", "scores"} == set(data["final"])

@@ -118,7 +118,6 @@ def test_quantize_refuses_over_budget(tmp_path, capsys):
     assert main(args + ["--max-drop", "0"]) == 0
 
 
-@pytest.mark.slow
 def test_bundled_weights_int8_report_is_a_real_run(tmp_path):
     """The report's numbers are evaluate_artifact's on the two artifacts it wrote (an independent run)."""
     from polydet.data.synth import write_dataset

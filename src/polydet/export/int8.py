@@ -172,7 +172,7 @@ def quantize_onnx(fp32: Path, out: Path, info: ModelInfo, cfg: QuantConfig) -> d
                           extra_options={"TensorQuantOverrides": scales} if scales else None)
     except ConfigError:
         raise
-    except Exception as e:  # noqa: BLE001 - the quantizer's own errors, named as an export failure
+    except Exception as e:  # the quantizer's own errors, named as an export failure
         raise ExportError(f"ONNX Runtime quantization failed: {e}") from e
     finally:
         slim_path.unlink(missing_ok=True)

@@ -69,7 +69,7 @@ def _rewrite(path: Path, info: ModelInfo, name: str, transform) -> None:
         new = transform(old)
     except ExportError:
         raise
-    except Exception as e:  # noqa: BLE001 - any tool failure is an export error naming the pass
+    except Exception as e:  # any tool failure is an export error naming the pass
         raise ExportError(f"graph pass {name!r} failed on {path}: {e}") from e
     embed_info(new, info)
     for key, value in kept:

@@ -10,7 +10,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 CONFIDENT = 0.25  # rows whose reference objectness is at least this are the ones NMS would keep
