@@ -79,6 +79,29 @@ def png_declaring(w: int, h: int) -> bytes:
     return bytes(data)
 
 
+def png_bomb(w: int = 7000, h: int = 7000) -> bytes:
+    """A valid grayscale PNG of w x h zeros: 7000x7000 is 49 MP in 47 KB (zlib's ~1000:1 on zeros), under the
+    50 MP default cap: the small-file bomb of issue 17.4."""
+    from PIL import Image
+
+    return pil_bytes(Image.new("L", (w, h), 0), "PNG")
+
+
+def jpeg_declaring(data: bytes, w: int, h: int) -> bytes:
+    """``data`` (a JPEG) with its frame header (SOF) patched to declare w x h over the original scan."""
+    out, i = bytearray(data), 2
+    while out[i + 1] not in (0xC0, 0xC1, 0xC2):  # walk the segments to the frame header
+        i += 2 + int.from_bytes(out[i + 2:i + 4], "big")
+    out[i + 5:i + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    return bytes(out)
+
+
+def png_without_iend(data: bytes) -> bytes:
+    """A PNG cut before its end chunk (the last 12 bytes: length, IEND, CRC): the pixels are all there."""
+    assert data[-8:-4] == b"IEND"
+    return data[:-12]
+
+
 def png_bad_ihdr_crc() -> bytes:
     data = bytearray(png(page(64, 48)))
     data[29] ^= 0xFF  # IHDR CRC
@@ -104,6 +127,11 @@ def exif_rotated_jpeg(upright: np.ndarray) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6
     return pil_bytes(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def deep_json(levels: int = 100_000) -> bytes:
+    """{"image": [[[...]]]} nested ``levels`` arrays deep: json.loads recurses once per level."""
+    return b'{"image": ' + b"[" * levels + b"]" * levels + b"}"
 
 
 def b64(data: bytes) -> str:
@@ -146,6 +174,14 @@ def corpus() -> list[Case]:
         err("jpeg truncated at 90 %", raw(good_jpeg[: len(good_jpeg) * 9 // 10]), 400, "corrupt JPEG image"),
         err("png with a broken IHDR CRC", raw(png_bad_ihdr_crc()), 400, "corrupt or truncated PNG image"),
         err("png with corrupt IDAT data", raw(png_bad_idat()), 400, "corrupt PNG image"),
+        # -- corrupt files the codecs decode silently (issue 17.4/17.7; before: 200, grey or garbled) --------
+        err("jpeg header declaring 1900x1900 over a 480x360 scan", raw(jpeg_declaring(good_jpeg, 1900, 1900)), 400,
+            "corrupt JPEG image: the scan data ends after 690 of the 14161 MCUs the frame header declares"),
+        err("jpeg frame header 480x720 over a 480x360 scan", raw(jpeg_declaring(good_jpeg, 480, 720)), 400,
+            "corrupt JPEG image: the scan data ends after 690 of the 1350 MCUs"),
+        err("jpeg frame header 240x360 over a 480x360 scan", raw(jpeg_declaring(good_jpeg, 240, 360)), 400,
+            "corrupt JPEG image: extraneous scan data after MCU 345 of 345"),
+        err("png without IEND", raw(png_without_iend(png(good))), 400, "corrupt PNG image: no IEND chunk"),
         err("plain text", raw(b"hello, this is plain text, not an image\n" * 20), 400, "cannot decode image"),
         err("html", raw(b"<!DOCTYPE html><html><body><img src=x></body></html>"), 415, "look like HTML"),
         err("pdf", raw(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n%%EOF\n"),
@@ -194,6 +230,16 @@ def corpus() -> list[Case]:
             400, "cannot decode image"),
         err("json: malformed", dict(data=b'{"image": "abc', headers={"Content-Type": "application/json"}), 400,
             "not valid JSON"),
+        # -- values echoed in errors are cut (issue 17.5), deep JSON is a 400 (17.6) -----------------------
+        err("json: conf of 300 KB", dict(json={"image": b64(good_jpeg), "conf": "x" * 300_000}), 400,
+            "conf must be a number in [0, 1], got 'xxxx"),
+        err("json: an option name of 300 KB", dict(json={"image": b64(good_jpeg), "y" * 300_000: 1}), 400,
+            "unknown option(s) ['yyyy"),
+        err("json: 50,000 unknown options", dict(json={"image": b64(good_jpeg), **{f"k{i}": i for i in range(50_000)}}),
+            400, "unknown option(s) ['k0', 'k1', 'k10', 'k100', 'k1000', 'k10000', ...]"),
+        err("json nested 100,000 levels (application/json)", dict(data=deep_json(), headers={
+            "Content-Type": "application/json"}), 400, "JSON nested 100001 levels deep"),
+        err("json nested 100,000 levels (octet-stream)", raw(deep_json()), 400, "JSON nested 100001 levels deep"),
         # -- forms --------------------------------------------------------------------------------
         err("multipart: two files", dict(files={"a": ("a.jpg", good_jpeg), "b": ("b.jpg", good_jpeg)}), 400,
             "expected one input"),

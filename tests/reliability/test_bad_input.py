@@ -17,6 +17,9 @@ from polydet.serving.service import METRICS
 
 CASES = corpus()
 BY_NAME = {c.name: c for c in CASES}
+# An error quotes at most a short prefix of what the client sent (errors.quote / errors.bounded): a 300 KB
+# option value echoed whole made TorchServe cut the response at 128 KB and reset the connection (issue 17.5).
+MAX_ERROR_BODY = 1024
 
 
 def test_the_corpus_is_big_and_names_are_unique():
@@ -63,6 +66,7 @@ def check_answer(case: Case, r: requests.Response, local=None) -> None:
             assert_same_result(res, local_answer(local, image_bytes(case)))
     elif case.ts_type is None:  # our handler answered
         assert r.headers["content-type"].startswith("application/json")
+        assert len(r.content) <= MAX_ERROR_BODY, f"{case.name}: a {len(r.content)}-byte error body"
         body = r.json()
         assert set(body) == {"error", "code"} and body["code"] == case.status, body
         assert case.reason in body["error"], (case.name, body)
@@ -254,3 +258,24 @@ def test_the_worker_survived_the_corpus(server, first_worker):
     assert w["pid"] == first_worker["pid"] and w["status"] == "READY"
     log = (server.log_dir / "ts_log.log").read_text(errors="replace")
     assert "Backend worker process died" not in log and "WORKER_STOPPED" not in log
+
+
+@pytest.mark.parametrize("name", ["json nested 100,000 levels (application/json)", "json nested 100,000 levels (octet-stream)"])
+def test_deep_json_costs_one_log_line_and_no_traceback(server, first_worker, name):
+    """Before: 500 `internal error: RecursionError`, and TorchServe's worker logged a 15-line traceback
+    ("Failed json decoding of input data") for each such request. Now the worker hands JSON over unparsed
+    (decode_input_request=false) and the service measures the nesting first: one line, no traceback."""
+    import time
+
+    log = server.log_dir / "model_log.log"
+    seen = len(log.read_text(errors="replace"))
+    r = post(server, BY_NAME[name])
+    assert r.status_code == 400 and "JSON nested 100001 levels deep" in r.json()["error"], r.text[:300]
+    deadline = time.monotonic() + 10
+    while "refused a JSON body" not in log.read_text(errors="replace")[seen:] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # anything else the request logged has arrived too
+    new = log.read_text(errors="replace")[seen:]
+    assert len([line for line in new.splitlines() if "refused a JSON body" in line]) == 1, new[-2000:]
+    for bad in ("Traceback", "RecursionError", "Failed json decoding"):
+        assert bad not in new, new[-2000:]
