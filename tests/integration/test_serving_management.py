@@ -120,8 +120,13 @@ def test_manage_cli_registers_the_onnx_archive_and_it_agrees_with_torchscript(se
 
     r = ["--url", server.management_url, "--token-file", str(server.key_file)]
     g = ["--grpc", "--target", server.grpc_management_target, "--token-file", str(server.key_file)]
-    assert manage_main(r + ["register", "polydet_onnx.mar"]) == 0
+    # --workers wins over the archive's minWorkers (1 here), which TorchServe itself lets override it
+    assert manage_main(r + ["register", "polydet_onnx.mar", "--workers", "2"]) == 0
     assert "registered" in json.loads(capsys.readouterr().out)["status"]
+    (d,) = rest.describe("polydet_onnx")
+    assert (d["minWorkers"], d["maxWorkers"], len(d["workers"])) == (2, 2, 2)
+    assert manage_main(r + ["scale", "polydet_onnx", "--min", "1", "--max", "1"]) == 0
+    capsys.readouterr()
     assert manage_main(g + ["list"]) == 0
     assert sorted(m["modelName"] for m in json.loads(capsys.readouterr().out)["models"]) == ["polydet", "polydet_onnx"]
     assert manage_main(r + ["describe", "polydet_onnx"]) == 0

@@ -104,7 +104,9 @@ def make_manage_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("register", help="register an archive of the model store (bare NAME.mar)")
     q.add_argument("archive", metavar="URL", help="archive name in the model store, e.g. polydet_onnx.mar")
     q.add_argument("--name", help="model name (default: the archive's)")
-    q.add_argument("--workers", type=int, default=1, help="initial workers (default 1)")
+    q.add_argument("--workers", type=int, help="workers (default: the archive's minWorkers/maxWorkers; TorchServe "
+                   "0.12.0 lets those override its initial_workers parameter, so polydet scales to this number "
+                   "once the model is registered)")
     q.add_argument("--batch-size", type=int, help="override the archive's batchSize")
     q.add_argument("--max-batch-delay", type=int, help="override the archive's maxBatchDelay (ms)")
     q.add_argument("--no-wait", action="store_true", help="return before the workers are up")
@@ -127,6 +129,18 @@ def make_manage_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _register(client, args) -> dict:
+    """Register, then make ``--workers`` hold: TorchServe 0.12.0 takes the archive's minWorkers over the
+    register call's initial_workers, so the asked-for count is set with a scale call (min = max)."""
+    out = client.register(args.archive, model_name=args.name, initial_workers=args.workers or 1,
+                          synchronous=not args.no_wait, batch_size=args.batch_size,
+                          max_batch_delay=args.max_batch_delay)
+    if args.workers:
+        name = args.name or Path(args.archive).name.removesuffix(".mar")
+        client.scale(name, min_worker=args.workers, max_worker=args.workers, synchronous=not args.no_wait)
+    return out
+
+
 def manage_main(argv: list[str] | None = None) -> int:
     from .client import GrpcClient, RestClient
 
@@ -136,9 +150,7 @@ def manage_main(argv: list[str] | None = None) -> int:
         client = GrpcClient(management_target=args.target, tokens=tokens) if args.grpc else \
             RestClient(management_url=args.url, tokens=tokens)
         if args.action == "register":
-            out = client.register(args.archive, model_name=args.name, initial_workers=args.workers,
-                                  synchronous=not args.no_wait, batch_size=args.batch_size,
-                                  max_batch_delay=args.max_batch_delay)
+            out = _register(client, args)
         elif args.action == "unregister":
             out = client.unregister(args.name, args.version)
         elif args.action == "scale":
