@@ -20,7 +20,7 @@ from .imageio import DEFAULT_MAX_PIXELS, decode_image
 from .meta import ModelInfo
 from .options import DetectOptions
 from .ops.letterbox import PAD_VALUE
-from .ops.nms import polygon_nms
+from .ops.nms import MAX_CANDIDATES, polygon_nms
 from .ops.nms import warmup as nms_warmup
 from .preprocess import RGB, CpuPreprocessor, Frame, ImageInput, Preprocessor, error_of
 from .results import BatchResult, Detections, Result, Timings
@@ -35,14 +35,17 @@ class Detector:
 
     Building one calls :meth:`warmup` (``warmup=False`` leaves it to the first ``detect``).
     ``preprocessor``: the decode + letterbox stage; by default the CPU one for the backend's model.
+    ``max_candidates``: per image, the highest-scored candidates NMS considers (polygon_nms's own bound).
     """
 
     def __init__(self, backend: Backend, options: DetectOptions | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, warmup: bool = True,
-                 preprocessor: Preprocessor | None = None):
+                 preprocessor: Preprocessor | None = None, max_candidates: int = MAX_CANDIDATES):
         self.backend = backend
         self.options = options or DetectOptions()
         self.max_pixels = max_pixels
+        # the highest-scored candidates per image that NMS considers: bounds its cost whatever the options
+        self.max_candidates = max_candidates
         self.preprocessor = preprocessor or CpuPreprocessor(backend.info, backend.device, backend.input_dtype,
                                                             max_pixels)
         # the model facts images are prepared for (the backend's, unless a preprocessor says otherwise,
@@ -165,10 +168,9 @@ class Detector:
                                       kept[:, 9].numpy().astype(np.int64), names))
         return results
 
-    @staticmethod
-    def _nms(pred: torch.Tensor, o: DetectOptions) -> list[torch.Tensor]:
+    def _nms(self, pred: torch.Tensor, o: DetectOptions) -> list[torch.Tensor]:
         return polygon_nms(pred, conf=o.conf, iou=o.iou, max_det=o.max_det, multi_label=o.multi_label,
-                           agnostic=o.agnostic)
+                           agnostic=o.agnostic, max_candidates=self.max_candidates)
 
     def __call__(self, images, options=None) -> BatchResult:
         return self.detect(list(images), options)

@@ -256,3 +256,35 @@ def test_handler_metrics_can_be_turned_off(tmp_path, artifacts, caplog):
     assert not [m for m in caplog.messages if "[METRICS]" in m]
     with pytest.raises(ConfigError, match="metrics"):
         ServiceConfig.from_section({"metrics": "no"})
+
+
+def test_a_request_cannot_ask_for_more_than_the_servers_limits():
+    """handler.max_det_limit: a request above it gets a 400 naming the limit (its answer would be ~120
+    bytes per detection); handler.max_candidates bounds NMS whatever conf and multi_label ask."""
+    import cv2
+
+    quad = [[20, 30], [200, 40], [190, 200], [30, 190]]
+    data = cv2.imencode(".png", np.zeros((224, 224, 3), np.uint8))[1].tobytes()
+    config = ServiceConfig(options=DetectOptions(max_det=40), max_det_limit=50)
+    service = DetectionService(Detector(QuadBackend(quad), max_candidates=7), config)
+    replies, _ = service.answer([{"body": {"image": base64.b64encode(data).decode(), "max_det": 51}},
+                                 {"body": {"image": base64.b64encode(data).decode(), "max_det": 50}}])
+    assert [r.status for r in replies] == [400, 200]
+    assert replies[0].body == {"error": "max_det 51 is above this server's limit of 50 (handler.max_det_limit)",
+                               "code": 400}
+    seen = []
+    real = Detector._nms
+
+    def spy(self, pred, o):
+        seen.append(self.max_candidates)
+        return real(self, pred, o)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(Detector, "_nms", spy):
+        (reply,), _ = service.answer([{"body": data}])
+    assert reply.status == 200, reply.body
+    assert seen == [7]
+    for bad in ({"max_det_limit": 0}, {"max_candidates": -1}, {"max_det_limit": 50}):  # the last: options' 100
+        with pytest.raises(ConfigError):
+            ServiceConfig.from_section(bad)

@@ -53,6 +53,9 @@ _kernel_error = ""
 _kernel_lock = threading.Lock()
 
 
+MAX_CANDIDATES = 30000  # YOLOv5's max_nms: the candidates per image NMS considers, highest scores first
+
+
 def _check(pred, conf: float, iou: float, max_det: int, max_candidates: int) -> None:
     if not isinstance(pred, torch.Tensor) or pred.ndim != 3 or pred.shape[2] < 10:
         shape = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
@@ -68,7 +71,7 @@ def _check(pred, conf: float, iou: float, max_det: int, max_candidates: int) -> 
 
 
 def candidates(x: torch.Tensor, conf: float, classes=None, multi_label: bool = False,
-               max_candidates: int = 30000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               max_candidates: int = MAX_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One image's rows ``(N, 9+nc)`` -> ``(quads (n,8), scores (n,), classes (n,) long)`` sorted by
     score descending (stable: ties keep row order), at most ``max_candidates``.
 
@@ -267,7 +270,7 @@ def _allowed(classes, nc: int) -> np.ndarray:
 
 def polygon_nms(pred: torch.Tensor, conf: float = 0.25, iou: float = 0.45, classes=None,
                 agnostic: bool = False, multi_label: bool = False, max_det: int = 300,
-                max_candidates: int = 30000, backend: str | None = None) -> list[torch.Tensor]:
+                max_candidates: int = MAX_CANDIDATES, backend: str | None = None) -> list[torch.Tensor]:
     """Greedy polygon NMS per image: ``pred (B, N, 9+nc) -> list of B tensors (K, 10)``.
 
     ``pred`` rows are ``[x1, y1, ..., x4, y4, obj, cls_0..cls_{nc-1}]`` (probabilities). Candidates

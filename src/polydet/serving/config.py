@@ -34,6 +34,11 @@ class ServiceConfig:
     # per-batch stage metrics (PolydetPreprocessMs ... in metrics.yaml): each is a line the worker prints
     # and the frontend parses; false leaves TorchServe's own metrics only
     metrics: bool = True
+    # The cost one request may ask for: at most max_det_limit detections (a 400 above it; each is ~120
+    # bytes of JSON) and NMS over at most max_candidates of the highest scores per image, whatever its conf
+    # and multi_label ask (conf 0 with multi_label makes every anchor a candidate for every class).
+    max_det_limit: int = 300
+    max_candidates: int = 3000
 
     @classmethod
     def from_section(cls, section: Mapping | None) -> "ServiceConfig":
@@ -46,7 +51,8 @@ class ServiceConfig:
         unknown = sorted(set(section) - known)
         if unknown:
             raise ConfigError(f"model-config.yaml: unknown key(s) {unknown} in `handler:`; allowed: {sorted(known)}")
-        for key in ("max_pixels", "max_decode_bytes", "dewarp_max_side", "dewarp_jpeg_quality"):
+        for key in ("max_pixels", "max_decode_bytes", "dewarp_max_side", "dewarp_jpeg_quality", "max_det_limit",
+                    "max_candidates"):
             _positive_int(section, key, getattr(cls, key))
         if section.get("torch_threads") is not None:
             _positive_int(section, "torch_threads", None)
@@ -63,7 +69,11 @@ class ServiceConfig:
             values["options"] = DetectOptions.from_dict(dict(options))
         except InvalidInputError as e:
             raise ConfigError(f"model-config.yaml: handler.options: {e}") from e
-        return cls(**values)
+        config = cls(**values)
+        if config.options.max_det > config.max_det_limit:
+            raise ConfigError(f"model-config.yaml: handler.options.max_det {config.options.max_det} is above "
+                              f"handler.max_det_limit {config.max_det_limit}")
+        return config
 
     def to_section(self) -> dict:
         """The inverse of from_section (what ``polydet archive`` writes)."""

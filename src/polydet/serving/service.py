@@ -183,7 +183,8 @@ class DetectionService:
         # the preprocessor Detector would build, with the archive's decode budget
         pre = CpuPreprocessor(backend.info, backend.device, backend.input_dtype, config.max_pixels,
                               config.max_decode_bytes)
-        detector = Detector(backend, options=config.options, max_pixels=config.max_pixels, preprocessor=pre)
+        detector = Detector(backend, options=config.options, max_pixels=config.max_pixels, preprocessor=pre,
+                            max_candidates=config.max_candidates)
         service = cls(detector, config)
         if config.warmup:
             t0 = time.perf_counter()
@@ -205,6 +206,9 @@ class DetectionService:
             try:
                 req = parse_request(raw)
                 opts = self.config.options.replace(**req.options) if req.options else self.config.options
+                if opts.max_det > self.config.max_det_limit:
+                    raise InvalidInputError(f"max_det {opts.max_det} is above this server's limit of "
+                                            f"{self.config.max_det_limit} (handler.max_det_limit)")
                 parsed.append((req, opts))
             except Exception as e:  # noqa: BLE001 - every failure becomes this request's answer
                 parsed.append(error_of(e))
