@@ -18,7 +18,8 @@ install: $(STAMP)
 archives: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH ./archive.sh
 
-serve: archives
+# polydet serve builds the archives itself when they are missing or out of date (polydet archive).
+serve: $(STAMP)
 	$(BIN)/polydet serve
 
 stop:
