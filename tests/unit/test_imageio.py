@@ -356,3 +356,15 @@ def test_request_errors_quote_a_prefix_and_deep_json_is_a_400():
     with pytest.raises(InvalidInputError, match=r"got fields \['aaa"):
         parse_request({"a" * 300_000: b"x", "b": b"y"})
     assert MAX_JSON_DEPTH >= 2  # {"image": ..., "conf": ...} is depth 1
+
+
+def test_truncated_files_are_refused_even_if_someone_sets_load_truncated_images(monkeypatch):
+    """PIL's LOAD_TRUNCATED_IMAGES is process-wide: another library may turn it on. The structure checks
+    (EOI, IEND) refuse a truncated JPEG or PNG before PIL sees the pixels, whatever it says."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    jpeg, png = encode(page(480, 360), "JPEG"), encode(page(480, 360), "PNG")
+    for bad in (jpeg[: len(jpeg) // 2], jpeg[:-2], png[: len(png) // 2], png[:-12]):
+        with pytest.raises(InvalidInputError, match="corrupt"):
+            decode_image(bad)
