@@ -277,3 +277,16 @@ def _kernel():
             log.warning("JPEG scan check disabled (numba unavailable: %s): structure checked only", e)
             _WALK.append(None)
     return _WALK[0]
+
+
+def warmup() -> bool:
+    """Load the scan kernel now (from numba's cache ~1 s, compiling ~5 s), so that a server's first JPEG
+    does not pay it; False where numba cannot load."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format="JPEG")
+    check_jpeg(buf.getvalue())
+    return _kernel() is not None

@@ -172,8 +172,8 @@ class DetectionService:
                       batch_size: int = 1) -> "DetectionService":
         """Build from an archive: its artifact and the ``handler:`` section of its model-config.yaml.
         Sets torch's threads, builds the Detector (which loads the NMS kernel) and, unless the section says
-        ``warmup: false``, runs the model at batch 1, 1 and ``batch_size`` so requests never pay the
-        first calls' profiling."""
+        ``warmup: false``, loads the JPEG scan check's kernel and runs the model at batch 1, 1 and
+        ``batch_size`` so requests never pay the first calls' profiling."""
         config = ServiceConfig.from_section(section)
         if config.torch_threads:
             import torch
@@ -187,7 +187,10 @@ class DetectionService:
                             max_candidates=config.max_candidates)
         service = cls(detector, config)
         if config.warmup:
+            from ..jpegcheck import warmup as load_jpeg_check
+
             t0 = time.perf_counter()
+            load_jpeg_check()  # the first JPEG would pay for it otherwise
             detector.warmup((1, 1, max(1, batch_size)))
             service.warmed = f", warmed up at batch {(1, 1, max(1, batch_size))} in {time.perf_counter() - t0:.2f} s"
         return service
