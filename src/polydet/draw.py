@@ -11,12 +11,13 @@ COLORS = [(0, 200, 255), (255, 80, 40), (60, 220, 60), (220, 60, 220), (255, 255
 
 
 def draw_detections(img: np.ndarray, dets: Detections, thickness: int | None = None) -> np.ndarray:
-    """Return a copy of BGR ``img`` with each of ``dets`` drawn (outline, a dot on the first corner, label)."""
+    """Return a copy of BGR ``img`` with each of ``dets`` drawn (outline, a dot on the first corner, label).
+    ``img`` may be a reduced decode of the image (BatchResult.pixels): the polygons are mapped onto it."""
     out = img.copy()
     h, w = out.shape[:2]
     t = thickness or max(2, round(max(h, w) / 400))
     scale = max(0.5, max(h, w) / 1200)
-    for polygon, score, class_id in zip(dets.polygons, dets.scores, dets.class_ids):
+    for polygon, score, class_id in zip(dets.polygons_for(out.shape), dets.scores, dets.class_ids):
         color = COLORS[int(class_id) % len(COLORS)]
         pts = np.round(np.asarray(polygon, dtype=np.float64)).astype(np.int32)
         cv2.polylines(out, [pts], True, color, t, cv2.LINE_AA)

@@ -33,6 +33,11 @@ class Detections:
 
     ok = True  # ImageError.ok is False: `if r.ok` tells the two apart
 
+    def polygons_for(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The polygons in the pixels of an image of shape (h, w[, c]) of the same scene: the original's
+        (no change) or a reduced decode (BatchResult.pixels of a large JPEG)."""
+        return self.polygons * (shape[1] / self.width, shape[0] / self.height)
+
     def __len__(self) -> int:
         return len(self.scores)
 
@@ -85,8 +90,9 @@ class BatchResult(Sequence):
 
     results: tuple[Result, ...]
     timings: Timings = field(default_factory=Timings)
-    # each good input's decoded pixels (HxWx3 uint8 RGB, original size; None for an error), for callers
-    # that crop or draw: nothing is decoded twice
+    # each good input's decoded pixels (HxWx3 uint8 RGB; None for an error), for callers that crop or draw:
+    # nothing is decoded twice. Original size, except a large JPEG decoded reduced (an exact 1/2, 1/4 or
+    # 1/8): map polygons onto them with Detections.polygons_for(pixels.shape)
     pixels: tuple[np.ndarray | None, ...] = ()
 
     def __getitem__(self, i):

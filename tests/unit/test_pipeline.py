@@ -321,3 +321,12 @@ def test_warmup_runs_the_pipeline_on_blank_images_at_the_given_batch_sizes():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="positive integers"):
             det.warmup((bad,))
+
+
+def test_polygons_map_onto_a_reduced_decode():
+    """BatchResult.pixels of a large JPEG is a reduced decode (1/2, 1/4, 1/8): polygons_for maps the
+    original-pixel polygons onto it, as dewarp and --draw use them."""
+    d = Detections(800, 600, np.array([[[0, 0], [800, 0], [800, 600], [0, 600]]], np.float64),
+                   np.array([0.9], np.float32), np.array([0]), ("page",))
+    np.testing.assert_array_equal(d.polygons_for((600, 800, 3)), d.polygons)
+    np.testing.assert_array_equal(d.polygons_for((150, 200, 3)), d.polygons / 4)

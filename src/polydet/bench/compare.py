@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             if ts is not None:
                 # TorchServe's own round trip: the same bodies to a handler that reads nothing
                 register_model(ts, ServeSettings(workers=1, batch_size=1), archive="noop.mar", name="noop")
-                n = warm_up(ts, args.warmup_seconds, conc, grpc=True)
+                n = warm_up(ts, args.warmup_seconds, conc, grpc="gRPC" in ways)
                 print(f"  warm-up: {n} small requests", flush=True)
             for r in range(args.rounds):
                 res = {}

@@ -146,10 +146,9 @@ def dewarp_field(rgb, dets: Detections, max_side: int, quality: int) -> dict | N
 
     from ..ops.warp import dewarp
 
-    to_pixels = (rgb.shape[1] / dets.width, rgb.shape[0] / dets.height)  # (1.0, 1.0) unless decoded reduced
-    for index, polygon in enumerate(dets.polygons):
+    for index, polygon in enumerate(dets.polygons_for(rgb.shape)):
         try:
-            crop = dewarp(rgb, polygon * to_pixels, max_side=max_side)
+            crop = dewarp(rgb, polygon, max_side=max_side)
         except InvalidInputError:  # no area: try the next one
             continue
         ok, buf = cv2.imencode(".jpg", crop[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])  # cv2 writes BGR
