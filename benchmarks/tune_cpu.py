@@ -42,7 +42,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=float, default=5.0)
     p.add_argument("--quick", action="store_true", help="only the first setting of each group")
     p.add_argument("--transport", action="store_true", help="instead: TorchServe's own cost per request, with "
-                   "benchmarks/noop_handler.py, per JVM / netty setting")
+                   "polydet/bench/noop_handler.py, per JVM / netty setting")
     p.add_argument("--out", default=None, help="folder for tune_cpu.csv")
     return p
 
@@ -127,7 +127,7 @@ def transport(args) -> int:
         tmp = Path(tmp)
         (tmp / "store").mkdir()
         subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", "polydet",
-                        "--version", "1.0", "--handler", str(REPO / "benchmarks" / "noop_handler.py"),
+                        "--version", "1.0", "--handler", str(REPO / "src" / "polydet" / "bench" / "noop_handler.py"),
                         "--export-path", str(tmp / "store")], check=True)
         log4j = REPO / "src/polydet/serving/log4j2.xml"
         for k, (jvm, netty, batch) in enumerate([("default", None, 1), ("default", None, 4), ("default", 1, 4),
