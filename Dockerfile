@@ -77,8 +77,9 @@ ARG BIND_ADDRESS=127.0.0.1
 # A fixed numeric UID: Kubernetes' runAsNonRoot can only verify a numeric USER.
 ARG APP_UID=10001
 
-# numba's cache of the compiled NMS kernel (polydet.ops._nms_numba), filled at build time below, as the
-# server's user, so that workers load it (~1 s while they start) instead of compiling (~8 s each).
+# numba's cache of the compiled kernels (the NMS in polydet.ops._nms_numba, the JPEG scan check in
+# polydet._jpeg_walk), filled at build time below, as the server's user, so that workers load them
+# while they start instead of compiling them.
 # numba only uses a cache folder it can write to, so the folder belongs to that user (unlike the code
 # and the model store: the cache holds compiled code, but only this container's own user can change
 # it, and every new container starts from the image's copy). Where it is not writable (another
@@ -116,7 +117,8 @@ RUN cd /opt/polydet \
  && install -d -m 0755 /var/cache/polydet \
  && rm -rf "$NUMBA_CACHE_DIR" && install -d -o polydet -g polydet -m 0755 "$NUMBA_CACHE_DIR" \
  && setpriv --reuid=${APP_UID} --regid=${APP_UID} --clear-groups \
-      python -c "from polydet.ops.nms import warmup; assert warmup() == 'numba', 'numba NMS kernel did not load'" \
+      python -c "from polydet.ops.nms import warmup; assert warmup() == 'numba', 'numba NMS kernel did not load'; \
+from polydet.jpegcheck import warmup; assert warmup(), 'numba JPEG scan kernel did not load'" \
  && { find "$NUMBA_CACHE_DIR" -name '*.nbi' | grep -q . \
       || { echo "numba wrote no NMS kernel cache in $NUMBA_CACHE_DIR" >&2; exit 1; }; }
 
