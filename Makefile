@@ -29,6 +29,7 @@ stop:
 # reason when one is missing.
 sysdeps:
 	@command -v prometheus >/dev/null 2>&1 || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || echo "prometheus could not be installed; its test will skip"; }
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) || echo "nginx could not be installed; tests/reliability/test_proxy.py will skip"; }
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -ra tests
