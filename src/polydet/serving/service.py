@@ -165,6 +165,7 @@ class DetectionService:
     def __init__(self, detector: Detector, config: ServiceConfig | None = None):
         self.detector = detector
         self.config = config or ServiceConfig()
+        self.warmed = ""  # what from_artifact's warm-up did, for describe()
 
     @classmethod
     def from_artifact(cls, artifact: str, section: Mapping | None = None, device: str = "cpu",
@@ -193,8 +194,6 @@ class DetectionService:
             detector.warmup((1, 1, max(1, batch_size)))
             service.warmed = f", warmed up at batch {(1, 1, max(1, batch_size))} in {time.perf_counter() - t0:.2f} s"
         return service
-
-    warmed = ""
 
     def describe(self) -> str:
         d = self.detector
