@@ -217,3 +217,42 @@ def test_the_rendered_config_passes_nginx_t_and_refuses_unsafe_values(tmp_path):
     assert r.returncode == 0, r.stderr
     with pytest.raises(ConfigError):
         render_config(tmp_path, "127.0.0.1:1; include /etc/passwd", "127.0.0.1:2")
+
+
+def test_serve_with_proxy_answers_through_nginx_and_stop_stops_both(tmp_path, store, capsys):
+    """`polydet serve --proxy PORT` starts nginx in front (the sample request goes through it); `polydet stop`
+    stops nginx and TorchServe by PID."""
+    import json
+
+    import psutil
+    from serving_helpers import REPO
+
+    from polydet.cli import main
+    from polydet.serving.server import (
+        STATE_FILE,
+        Ports,
+        read_properties,
+        write_properties,
+    )
+
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed (apt-get install nginx, or `make sysdeps`)")
+    props = read_properties(REPO / "config.properties")
+    props.update(Ports.free().properties())
+    write_properties(props, tmp_path / "config.properties")
+    (tmp_path / "model_store").symlink_to(store)
+    port, nginx = free_port(), None
+    try:
+        assert main(["serve", "--root", str(tmp_path), "--no-build", "--proxy", str(port)]) == 0
+        out = capsys.readouterr().out
+        state = json.loads((tmp_path / "logs" / STATE_FILE).read_text())
+        nginx = psutil.Process(state["proxy"]["pid"])
+        assert f"inference  http://127.0.0.1:{port}" in out and "sample " in out, out
+        assert f"http://127.0.0.1:{port}/predictions/polydet" in out
+        r = requests.post(f"http://127.0.0.1:{port}/predictions/polydet", data=BODY, headers=OCTET, timeout=30)
+        assert r.status_code == 401  # no token: nginx refuses before the body
+    finally:
+        assert main(["stop", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"nginx pid {state['proxy']['pid']} stopped" in out, out
+    assert nginx is not None and not nginx.is_running()

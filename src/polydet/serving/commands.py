@@ -184,7 +184,22 @@ def make_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="sample image (default: the first image in ROOT/examples/, else polydet's)")
     p.add_argument("--no-build", action="store_true", help="do not build archives")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY (default %(default)s)")
+    p.add_argument("--proxy", type=int, metavar="PORT", help="also start nginx on 127.0.0.1:PORT in front of the "
+                   "REST inference API (body cap, client timeouts, retry of a scaled-down worker's requests: "
+                   "SECURITY.md); `polydet stop` stops it too")
     return p
+
+
+def _start_proxy(ts, root: Path, port: int, state: Path) -> str:
+    """nginx in front of ``ts``'s inference API; its PID goes into the state file for `polydet stop`."""
+    from .proxy import MAX_BODY, Proxy
+
+    proxy = Proxy(root / "logs" / "nginx", ts.inference_url.removeprefix("http://"), port,
+                  max_body=int(ts.properties.get("max_request_size", MAX_BODY))).start()
+    s = json.loads(state.read_text())
+    s["proxy"] = proxy.state()
+    state.write_text(json.dumps(s))
+    return proxy.url
 
 
 def _build(root: Path, weights: str | None) -> None:
@@ -241,7 +256,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         ts.start()
         ts.save_state(state)
         ready = ts.wait_ready(args.model, timeout=args.timeout)
-    except (ServerError, KeyboardInterrupt) as e:
+        front = _start_proxy(ts, root, args.proxy, state) if args.proxy else ts.inference_url
+    except (ServerError, ConfigError, KeyboardInterrupt) as e:
         ts.stop()
         state.unlink(missing_ok=True)
         print(f"polydet serve: {e}", file=sys.stderr)
@@ -250,19 +266,19 @@ def serve_main(argv: list[str] | None = None) -> int:
     props = read_properties(ts.config_path)
     print(f"TorchServe pid {ts.pid}: model {args.model!r} READY {ready:.1f} s after start "
           f"(store {props.get('model_store')})")
-    print(f"  inference  {ts.inference_url}   management {ts.management_url}   metrics {ts.metrics_url}/metrics")
+    print(f"  inference  {front}   management {ts.management_url}   metrics {ts.metrics_url}/metrics")
     print(f"  gRPC       {ts.grpc_inference_target} (inference)   {ts.grpc_management_target} (management)")
     print(f"  tokens     {ts.key_file} (inference / management keys, expire after "
           f"{props.get('token_expiration_min', '60')} min)")
     try:
-        result = RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens).predict(image, args.model)
+        result = RestClient(front, ts.management_url, tokens=ts.tokens).predict(image, args.model)
         print(f"sample {image}:")
         print(json.dumps(result))
     except PolydetError as e:
         print(f"sample request failed: {e}", file=sys.stderr)
     key = ts.tokens.inference
     print(f"try:  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/octet-stream' "
-          f"--data-binary @{image} {ts.inference_url}/predictions/{args.model}")
+          f"--data-binary @{image} {front}/predictions/{args.model}")
     print(f"stop: polydet stop{'' if root == Path.cwd() else f' --root {root}'}   (logs in {ts.log_dir})")
     return 0
 
@@ -307,6 +323,12 @@ def stop_main(argv: list[str] | None = None) -> int:
         print(f"polydet stop: no TorchServe started by `polydet serve` in {root} ({state} not found)")
         return 0
     stopped = stop_pid(s["pid"], create_time=s.get("create_time"))
+    if "proxy" in s:
+        from .proxy import stop_pid as stop_proxy
+
+        px = s["proxy"]
+        done = stop_proxy(px["pid"], create_time=px.get("create_time"), conf=px.get("conf"))
+        print(f"nginx pid {px['pid']} " + ("stopped" if done else "was not running"))
     for f in (state, Path(s.get("tmp_dir", root / "logs" / "tmp")) / ".model_server.pid", root / "key_file.json"):
         Path(f).unlink(missing_ok=True)
     print(f"TorchServe pid {s['pid']} " + ("stopped" if stopped else "was not running"))

@@ -88,12 +88,13 @@ class Proxy:
         # -e: nginx opens its error log before reading the config; the default is a system path.
         cmd = [binary, "-c", str(self.conf_path), "-p", str(self.run_dir), "-e", str(self.run_dir / "error.log"),
                "-g", "daemon off;"]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                        start_new_session=True)
+        # stderr to a file, not a pipe: `polydet serve` leaves nginx running after it exits.
+        with open(self.run_dir / "stderr.log", "wb") as err_file:
+            self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
         deadline = time.monotonic() + timeout
         while not _port_open(self.host, self.port):
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace")[-2000:]
+                err = (self.run_dir / "stderr.log").read_text(errors="replace")[-2000:]
                 self.process = None
                 raise ServerError(f"nginx exited with {' '.join(cmd)}: {err}")
             if time.monotonic() > deadline:
@@ -114,14 +115,42 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)  # its own session: only this master and its workers
                 p.wait(5)
-        if p.stderr:
-            p.stderr.close()
+
+    def state(self) -> dict:
+        """What `polydet stop` needs to stop this nginx later (see ``stop_pid``)."""
+        import psutil
+
+        return {"pid": self.pid, "create_time": psutil.Process(self.pid).create_time(), "conf": str(self.conf_path),
+                "url": self.url}
 
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_pid(pid: int, create_time: float | None = None, conf: str | None = None, timeout: float = 10.0) -> bool:
+    """SIGTERM the nginx master ``pid`` that ``Proxy`` started (its title names ``conf``), wait, then SIGKILL it
+    and its workers. Returns True if something was stopped; refuses any other process."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+            return False
+        title = " ".join(proc.cmdline())  # "nginx: master process /usr/sbin/nginx -c CONF ..."
+        if "nginx" not in title or (conf and conf not in title):
+            raise ServerError(f"pid {pid} is not the nginx polydet started: {title[:200]}")
+        children = proc.children()
+    except psutil.NoSuchProcess:
+        return False
+    proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs([proc, *children], timeout=timeout)
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
