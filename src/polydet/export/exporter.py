@@ -67,7 +67,7 @@ def check_request(fmt: str, precision, passes, device) -> tuple[ExportFormat, Pr
     if precision not in row.precisions:
         raise ConfigError(f"{fmt} cannot be exported in {precision.value}: it supports "
                           f"{', '.join(p.value for p in row.precisions)}")
-    if precision.input_half and torch.device(device).type != "cuda":
+    if precision.input_half and row.fp16_input and torch.device(device).type != "cuda":
         raise ConfigError("--precision fp16 needs --device cuda (fp16 convolutions are a GPU feature)")
     if isinstance(passes, str):
         raise ConfigError(f"passes must be a sequence of pass names, got the string {passes!r}")

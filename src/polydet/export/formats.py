@@ -26,6 +26,8 @@ class ExportFormat:
     # True when its fp32 convolutions run in TF32 on CUDA whatever the run-time flag: tracing bakes
     # cuDNN's allow_tf32 into the graph, so the parity check holds it to TOLERANCES["tf32"] there.
     cuda_tf32: bool = False
+    companions: tuple[str, ...] = ()  # suffixes of files beside the artifact that it needs (archived with it)
+    fp16_input: bool = True  # False: its fp16 means fp16 weights taking fp32 input, exported on any device
 
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
@@ -34,6 +36,8 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("onnx", ".onnx", ".onnx:export_onnx", "onnxruntime",
                  (Precision.FP32, Precision.FP16, Precision.INT8), passes=("slim", "simplify", "optimize"),
                  archive_suffix="_onnx"),
+    ExportFormat("openvino", ".xml", ".openvino:export_openvino", "openvino", (Precision.FP32, Precision.FP16),
+                 archive_suffix="_openvino", companions=(".bin",), fp16_input=False),
 )}
 
 # Graph passes: name -> "module:function", called as function(path: Path, info: ModelInfo) -> None after

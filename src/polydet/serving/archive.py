@@ -105,6 +105,18 @@ def capped(job: ArchiveJob, artifact: Path, explicit_batch: bool) -> Batching:
     return dataclasses.replace(job.batching, batch_size=fixed)
 
 
+def companions(artifact: Path) -> list[Path]:
+    """The files the artifact needs beside it (its format's ``companions``: an OpenVINO IR's .bin)."""
+    from ..export import FORMATS
+
+    row = next((f for f in FORMATS.values() if artifact.name.lower().endswith(f.suffix)), None)
+    found = [artifact.with_name(artifact.name[: -len(row.suffix)] + s) for s in (row.companions if row else ())]
+    missing = [p.name for p in found if not p.is_file()]
+    if missing:
+        raise ConfigError(f"{artifact.name} needs {', '.join(missing)} beside it")
+    return found
+
+
 def archive_one(job: ArchiveJob, mar_name: str, artifact: Path, explicit_batch: bool) -> Path:
     batching = capped(job, artifact, explicit_batch)
     build = job.build / f"{job.name}-{job.version}"
@@ -116,6 +128,8 @@ def archive_one(job: ArchiveJob, mar_name: str, artifact: Path, explicit_batch: 
     cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", mar_name, "--version",
            job.version, "--serialized-file", str(artifact), "--handler", str(assets.path(assets.HANDLER)),
            "--config-file", str(config), "--export-path", str(job.store), "--force"]
+    extra = companions(artifact)
+    cmd += ["--extra-files", ",".join(map(str, extra))] if extra else []
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise PolydetError(f"torch-model-archiver failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
@@ -142,7 +156,7 @@ def build_archives(job: ArchiveJob, explicit_batch: bool = False) -> list[Path]:
         stamp = build / f"{mar_name}.fingerprint"
         source = artifact if fmt is None else (weights if weights == RANDOM else Path(weights))
         key = fingerprint(__version__, source, handler, fmt, job.imgsz, job.version, job.batching, job.service,
-                          artifact.name)
+                          artifact.name, *(companions(artifact) if fmt is None else ()))
         if not job.force and mar.is_file() and stamp.is_file() and stamp.read_text() == key:
             print(f"polydet archive: {mar} is up to date (--force rebuilds)")
             out.append(mar)
@@ -165,7 +179,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", type=Path, help="archive this exported artifact as it is (any backend's suffix)")
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store (default ./model_store)")
     p.add_argument("--build", type=Path, default=Path("build/archive"), help="work folder (default ./build/archive)")
-    p.add_argument("--formats", default=" ".join(FORMATS), help=f"formats to export, space- or comma-separated "
+    p.add_argument("--formats", default=" ".join(ArchiveJob.formats), help=f"formats to export, space- or comma-separated "
                    f"(default \"%(default)s\"; known: {', '.join(FORMATS)})")
     p.add_argument("--name", default="polydet")
     p.add_argument("--version", default="1.0")

@@ -1,0 +1,35 @@
+"""OpenVINO exporter: the traced ONNX graph converted to an IR (``.xml`` graph + ``.bin`` weights, kept
+together), ModelInfo in the IR's rt_info under META_KEY.
+
+Precisions: fp32 (weights as traced) and fp16 *weights* (``save_model(compress_to_fp16=True)``; the IR
+still takes and returns fp32, and the CPU plugin computes in fp32). ``save_model`` compresses by default:
+fp32 is asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from ..backends.base import META_KEY
+from ..errors import ExportError, require
+from ..meta import Precision
+from .common import ExportJob
+from .onnx import export_onnx
+
+
+def export_openvino(job: ExportJob) -> None:
+    ov = require("openvino", "openvino", extra="openvino")
+    if job.out.suffix.lower() != ".xml":
+        raise ExportError(f"an OpenVINO IR is written as NAME.xml (+ NAME.bin beside it), not {job.out.name}")
+    # The exporter hands fp16 jobs a half model; the IR is traced in fp32 and its weights compressed when saved
+    # (the fp16-rounded weights, cast back, are what compression stores).
+    fp32 = dataclasses.replace(job.info, precision=Precision.FP32)
+    with tempfile.TemporaryDirectory(prefix="polydet-ov-") as tmp:
+        onnx = Path(tmp) / "model.onnx"
+        export_onnx(dataclasses.replace(job, model=job.model.float(), example=job.example.float(), out=onnx,
+                                        info=fp32))
+        model = ov.Core().read_model(str(onnx))
+    model.set_rt_info(job.info.to_json(), [META_KEY])
+    ov.save_model(model, str(job.out), compress_to_fp16=job.info.precision is Precision.FP16)
