@@ -112,7 +112,7 @@ def test_missing_runtime_names_the_package(artifacts, monkeypatch):
 
 def test_tensorrt_seam_fails_clearly_without_tensorrt(tmp_path):
     engine = tmp_path / "m.engine"
-    engine.write_bytes(b"\0")
+    engine.write_bytes(b"ftrt" + bytes(60))  # a plan's first bytes: past the file sniffing, to the runtime check
     try:
         import tensorrt  # noqa: F401
         import torch2trt  # noqa: F401
