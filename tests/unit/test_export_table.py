@@ -38,7 +38,7 @@ def test_rows_agree_with_the_backends():
         assert backend_class(Path("m" + row.suffix)).__module__ == f"polydet.backends.{row.backend}"
         assert callable(resolve(row.exporter))
         assert set(row.passes) <= set(PASSES)
-        assert row.precisions == (Precision.FP32, Precision.FP16) + ((Precision.INT8,) if name in ("onnx", "tensorrt") else ())
+        assert row.precisions == (Precision.FP32, Precision.FP16) + ((Precision.INT8,) if name in ("onnx", "tensorrt", "openvino") else ())
     with pytest.raises(dataclasses.FrozenInstanceError):
         FORMATS["onnx"].suffix = ".x"
 

@@ -143,3 +143,33 @@ def test_export_sends_no_telemetry(tmp_path, monkeypatch):
 class _NoTelemetry:
     def __getattr__(self, name):
         return lambda *a, **k: None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="nncf is not installed: pip install 'polydet[openvino]'")
+def test_int8_through_nncf(artifacts, tmp_path, monkeypatch):
+    """NNCF in a child process with its telemetry switched off, the head left in float, the recipe in the IR."""
+    import subprocess
+
+    from polydet.export import openvino_int8
+
+    envs = []
+    real_run = subprocess.run
+    monkeypatch.setattr(openvino_int8.subprocess, "run", lambda *a, **k: envs.append(k["env"]) or real_run(*a, **k))
+    xml, diff = export("random", "openvino", out=tmp_path / "q.xml", imgsz=IMGSZ, precision="int8", names=NAMES,
+                       quant={"n_calib": 4})
+    assert [e.get("NNCF_CI") for e in envs] == ["1"]
+    assert diff["scores"] <= TOLERANCES["int8"]["scores"]
+    be = load_backend(xml)
+    assert be.info == ModelInfo(names=NAMES, imgsz=IMGSZ, precision=Precision.INT8) and be.input_dtype is torch.float32
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    fq = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    assert fq and not [t.get_node().get_friendly_name() for op in fq for t in op.output(0).get_target_inputs()
+                       if t.get_node().get_friendly_name().startswith("/det/")]  # the head stays float
+    assert '"tool": "nncf"' in model.get_rt_info(["polydet.int8"]).astype(str)
+    res = Detector.from_artifact(xml, options=DetectOptions(conf=0.0003)).detect([np.zeros((80, 120, 3), np.uint8)])
+    assert res[0].ok
+    with pytest.raises(ConfigError, match="has no option method, scales"):
+        export("random", "openvino", out=tmp_path / "r.xml", imgsz=IMGSZ, precision="int8",
+               quant={"method": "entropy", "scales": "s.json"})

@@ -39,8 +39,9 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("tensorrt", ".engine", ".tensorrt:export_tensorrt", "tensorrt",  # fp32 engines: TF32 by default
                  (Precision.FP32, Precision.FP16, Precision.INT8), archive_suffix="_tensorrt", cuda_tf32=True,
                  companions=(".json",)),  # ModelInfo: an engine cannot hold it
-    ExportFormat("openvino", ".xml", ".openvino:export_openvino", "openvino", (Precision.FP32, Precision.FP16),
-                 archive_suffix="_openvino", companions=(".bin",), fp16_input=False),
+    ExportFormat("openvino", ".xml", ".openvino:export_openvino", "openvino",
+                 (Precision.FP32, Precision.FP16, Precision.INT8), archive_suffix="_openvino", companions=(".bin",),
+                 fp16_input=False),
 )}
 
 # Graph passes: name -> "module:function", called as function(path: Path, info: ModelInfo) -> None after

@@ -1,9 +1,9 @@
 """OpenVINO exporter: the traced ONNX graph converted to an IR (``.xml`` graph + ``.bin`` weights, kept
 together), ModelInfo in the IR's rt_info under META_KEY.
 
-Precisions: fp32 (weights as traced) and fp16 *weights* (``save_model(compress_to_fp16=True)``; the IR
-still takes and returns fp32, and the CPU plugin computes in fp32). ``save_model`` compresses by default:
-fp32 is asked for explicitly.
+Precisions: fp32 (weights as traced), fp16 *weights* (``save_model(compress_to_fp16=True)``; the IR
+still takes and returns fp32, and the CPU plugin computes in fp32; ``save_model`` compresses by default:
+fp32 is asked for explicitly) and int8 (NNCF on the fp32 IR: export/openvino_int8.py).
 """
 
 from __future__ import annotations
@@ -32,4 +32,12 @@ def export_openvino(job: ExportJob) -> None:
                                         info=fp32))
         model = ov.Core().read_model(str(onnx))
     model.set_rt_info(job.info.to_json(), [META_KEY])
-    ov.save_model(model, str(job.out), compress_to_fp16=job.info.precision is Precision.FP16)
+    if job.info.precision is not Precision.INT8:
+        ov.save_model(model, str(job.out), compress_to_fp16=job.info.precision is Precision.FP16)
+        return
+    from .int8 import QuantConfig
+    from .openvino_int8 import quantize_ir
+
+    with tempfile.TemporaryDirectory(prefix="polydet-ov-") as tmp:
+        ov.save_model(model, str(Path(tmp) / "fp32.xml"), compress_to_fp16=False)
+        quantize_ir(Path(tmp) / "fp32.xml", job.out, job.info, job.quant or QuantConfig())
