@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml requirements-pins.txt
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (see requirements-pins.txt)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-pins.txt
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements-pins.txt -e '.[all]'
+	# TensorRT's type stubs, for the mypy check of the TensorRT modules (tests/unit/test_tensorrt_types.py):
+	# --no-deps because they require tensorrt itself, whose PyPI package downloads from NVIDIA's index
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -42,6 +42,12 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("openvino", ".xml", ".openvino:export_openvino", "openvino",
                  (Precision.FP32, Precision.FP16, Precision.INT8), archive_suffix="_openvino", companions=(".bin",),
                  fp16_input=False),
+    ExportFormat("ncnn", ".ncnn.param", ".ncnn:export_ncnn", "ncnn", (Precision.FP32, Precision.FP16),
+                 archive_suffix="_ncnn", companions=(".bin", ".json"), fp16_input=False),
+    # MNN fp16 weights (its converter's --fp16) are not offered: a corner moved by 128 px on the random
+    # model at 128 px (tests/unit/test_mnn.py keeps the measurement); fp32 is exact.
+    ExportFormat("mnn", ".mnn", ".mnn:export_mnn", "mnn", (Precision.FP32,), archive_suffix="_mnn",
+                 companions=(".json",)),
 )}
 
 # Graph passes: name -> "module:function", called as function(path: Path, info: ModelInfo) -> None after

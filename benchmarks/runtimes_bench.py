@@ -1,0 +1,106 @@
+"""Every runtime polydet exports to, side by side in one run: parity to the eager model, accuracy, CPU speed.
+
+    python benchmarks/runtimes_bench.py --weights weights/polydet_main_area.pt --n-val 300 --out benchmarks/results/runtimes
+
+Each artifact is exported from the same weights (the formats whose runtime is installed); accuracy is
+``polydet.evaluate`` on one synthetic labelled set (seed 999, the model card's validation seed); speed is
+batch-1 latency (ms, median) and batch-8 throughput (img/s) with ``--threads`` threads per runtime,
+measured interleaved over every artifact in the same rounds (optimize/report.measure_speed) on real
+letterboxed validation images. Writes <out>.json and <out>.md (the table BENCHMARKS.md quotes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quant_bench import parity, table  # noqa: E402
+
+# name -> (format, export keyword arguments, the module its runtime needs)
+VARIANTS = {
+    "fp32": ("onnx", {}, "onnxruntime"),  # the reference row of the table (ONNX Runtime fp32)
+    "TorchScript fp32": ("torchscript", {}, "torch"),
+    "ONNX Runtime int8 (head float)": ("onnx", {"precision": "int8", "quant": {}}, "onnxruntime"),
+    "OpenVINO fp32": ("openvino", {}, "openvino"),
+    "OpenVINO fp16 weights": ("openvino", {"precision": "fp16"}, "openvino"),
+    "NCNN fp32": ("ncnn", {}, "ncnn"),
+    "NCNN fp16 weights": ("ncnn", {"precision": "fp16"}, "ncnn"),
+    "MNN fp32": ("mnn", {}, "MNN"),
+}
+
+
+def build(args, workdir: Path) -> dict:
+    from polydet.export import FORMATS, export
+
+    paths = {}
+    for i, (name, (fmt, kw, module)) in enumerate(VARIANTS.items()):
+        if fmt not in FORMATS or importlib.util.find_spec(module) is None:
+            print(f"skipped {name}: {fmt} or {module} not available", flush=True)
+            continue
+        kw = dict(kw)
+        if "quant" in kw:
+            kw["quant"] = {"calib": "synth", "n_calib": 64, **kw["quant"]}
+        with contextlib.redirect_stdout(io.StringIO()):  # converters print their passes
+            paths[name], _ = export(args.weights, fmt, out=workdir / f"v{i}{FORMATS[fmt].suffix}", verify=False, **kw)
+        print(f"built {name}", flush=True)
+    return paths
+
+
+def run(args, workdir: Path) -> dict:
+    import torch
+
+    from polydet.backends import load_backend
+    from polydet.data.synth import write_dataset
+    from polydet.evaluate import evaluate_artifact
+    from polydet.export import load_or_build
+    from polydet.optimize.report import cpu_facts, load_batch, measure_speed
+
+    torch.set_num_threads(args.threads)  # every backend takes its thread count from torch's when built
+    val = workdir / "val"
+    write_dataset(val, args.n_val, seed=999, progress=False, preview=0)
+    paths = build(args, workdir)
+    eager, info = load_or_build(args.weights)
+    rows = {}
+    for name, path in paths.items():
+        r = evaluate_artifact(path, val)
+        rows[name] = {"map50": r["map50"], "map": r["map"], "mb": sum(f.stat().st_size for f in
+                                                                      path.parent.glob(path.stem.split(".")[0] + ".*")) / 1e6,
+                      **parity(path, eager.eval(), info.imgsz)}
+        print(f"{name}: mAP50 {r['map50']:.4f} mAP50-95 {r['map']:.4f}", flush=True)
+    backends = {name: load_backend(path) for name, path in paths.items()}
+    speed = measure_speed(backends, load_batch(val, backends["fp32"].info, 8), threads=args.threads,
+                          rounds=args.rounds)
+    for name, row in rows.items():
+        row.update(speed[name])
+    return {"weights": args.weights, "n_val": args.n_val, "threads": args.threads, "rounds": args.rounds,
+            "cpu": cpu_facts(), "rows": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", default="weights/polydet_main_area.pt")
+    p.add_argument("--n-val", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes"))
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args, Path(tmp))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
