@@ -63,7 +63,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output path (default: <weights stem>_<imgsz>[_fp16].<format suffix>)")
     p.add_argument("--imgsz", type=int, help="square input size (default: the checkpoint's, else 224)")
     p.add_argument("--precision", choices=[q.value for q in Precision],
-                   help="artifact precision (default fp32; fp16 needs --device cuda; each format supports some)")
+                   help="artifact precision (default fp32; each format supports some: `polydet.export.FORMATS`; "
+                        "fp16 needs --device cuda where the artifact takes fp16 input)")
     p.add_argument("--half", action="store_true", help="deprecated: --precision fp16")
     p.add_argument("--passes", type=lambda s: tuple(filter(None, s.split(","))), default=(),
                    help=f"comma-separated graph passes, run in order (known: {', '.join(PASSES) or 'none yet'})")
