@@ -26,7 +26,8 @@ class ExportFormat:
     # True when its fp32 convolutions run in TF32 on CUDA whatever the run-time flag: tracing bakes
     # cuDNN's allow_tf32 into the graph, so the parity check holds it to TOLERANCES["tf32"] there.
     cuda_tf32: bool = False
-    companions: tuple[str, ...] = ()  # suffixes of files beside the artifact that it needs (archived with it)
+    # files beside the artifact that it needs, archived with it: its name with the row's suffix replaced by each
+    companions: tuple[str, ...] = ()
     fp16_input: bool = True  # False: its fp16 means fp16 weights taking fp32 input, exported on any device
 
 
@@ -43,7 +44,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  (Precision.FP32, Precision.FP16, Precision.INT8), archive_suffix="_openvino", companions=(".bin",),
                  fp16_input=False),
     ExportFormat("ncnn", ".ncnn.param", ".ncnn:export_ncnn", "ncnn", (Precision.FP32, Precision.FP16),
-                 archive_suffix="_ncnn", companions=(".bin", ".json"), fp16_input=False),
+                 archive_suffix="_ncnn", companions=(".ncnn.bin", ".ncnn.json"), fp16_input=False),
     # MNN fp16 weights (its converter's --fp16) are not offered: a corner moved by 128 px on the random
     # model at 128 px (tests/unit/test_mnn.py keeps the measurement); fp32 is exact.
     ExportFormat("mnn", ".mnn", ".mnn:export_mnn", "mnn", (Precision.FP32,), archive_suffix="_mnn",
