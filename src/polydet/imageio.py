@@ -21,7 +21,7 @@ from .errors import ImageTooLargeError, InvalidInputError, bounded
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7000x7000; bigger means a bomb or a mistake, not a photo of a page
 # Memory one image's decode may take (its estimate, before decoding). 192 MiB decodes a 16 MP RGB JPEG, a
-# 20 MP RGB or 10 MP RGBA PNG (a 4K screenshot) in full; larger JPEGs are decoded reduced, larger PNG/BMP/WebP
+# 18 MP RGB or 10 MP RGBA PNG (a 4K screenshot) in full; larger JPEGs are decoded reduced, larger PNG/BMP/WebP
 # refused (413), the 49 MP grayscale PNG of 47 KB among them. A worker holds at most batchSize decoded images:
 # it needs at most batchSize x this on top of its model (RELIABILITY.md).
 DEFAULT_MAX_DECODE_BYTES = 192 * 2**20
@@ -32,9 +32,10 @@ JPEG_SCALES = (8, 4, 2)
 
 # Bytes per pixel that decode holds at its peak, by PIL mode: PIL's own storage (4 bytes for RGB), the
 # conversions of _to_rgb, and the HxWx3 result, which numpy builds from PIL's tobytes() (its chunks joined:
-# 3 + 3 bytes for RGB). Measured peaks on 12 MP images, RSS sampled every ms: RGB 9.9-10.5, L 4.1-5.0,
+# 3 + 3 bytes for RGB). Measured peaks on 12 MP images, RSS sampled every ms: RGB 9.9-10.5 (10.02 on a fresh
+# machine at 6 MP, over the 10 this table first said), L 4.1-5.0,
 # P 10.8, CMYK 14.0, RGBA 17.9, LA 22.0, I;16 14.0 (tests/unit/test_imageio.py keeps them above the peak).
-_BYTES_PER_PIXEL = {"1": 11, "L": 6, "P": 11, "RGB": 10, "YCbCr": 14, "CMYK": 14, "LAB": 14, "HSV": 14,
+_BYTES_PER_PIXEL = {"1": 11, "L": 6, "P": 11, "RGB": 11, "YCbCr": 14, "CMYK": 14, "LAB": 14, "HSV": 14,
                     "I;16": 14, "I;16B": 14, "I;16L": 14, "I;16N": 14, "I": 16, "F": 16,
                     "RGBA": 20, "RGBa": 20, "LA": 23, "La": 23, "PA": 23}
 _STORAGE = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}  # else 4 bytes per pixel
