@@ -37,8 +37,8 @@ sysdeps:
 # The runtimes that bring their own native libraries (OpenVINO, NCNN, MNN) run in a second pytest process:
 # with numba's cache empty (a fresh machine), the first numba compilation in a process that had loaded
 # OpenVINO crashed it (SIGSEGV, seen twice on the full suite, never with either alone). OpenVINO goes last.
-RUNTIME_TESTS := tests/unit/test_ncnn.py tests/unit/test_mnn.py tests/integration/test_ncnn_served.py \
-	tests/integration/test_mnn_served.py tests/unit/test_openvino.py tests/integration/test_openvino_served.py
+RUNTIME_TESTS := tests/unit/test_ncnn.py tests/unit/test_mnn.py tests/integration/test_cpu_runtimes_served.py \
+	tests/unit/test_openvino.py tests/integration/test_openvino_served.py
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q -ra tests $(addprefix --ignore=,$(RUNTIME_TESTS))
