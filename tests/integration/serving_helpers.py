@@ -67,3 +67,25 @@ def assert_contract(res: dict, width: int, height: int, names=("page", "photo"),
         assert (poly[:, 0] >= 0).all() and (poly[:, 0] <= width).all()
         assert (poly[:, 1] >= 0).all() and (poly[:, 1] <= height).all()
 
+
+def post_together(url: str, token: str, bodies: list[bytes], timeout: float = 120) -> list:
+    """POST each body as raw bytes from its own thread, all released at once (so TorchServe can batch
+    them); the responses in the bodies' order."""
+    import threading
+
+    import requests
+
+    got: list = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+
+    def send(i):
+        barrier.wait()
+        got[i] = requests.post(url, data=bodies[i], timeout=timeout,
+                               headers={"Content-Type": "application/octet-stream", **auth(token)})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got

@@ -4,13 +4,11 @@ IR's .xml and its .bin in one .mar; concurrent requests of mixed sizes get the i
 from __future__ import annotations
 
 import importlib.util
-import threading
 import zipfile
 
 import pytest
-import requests
 from conftest import ARCHIVE_ENV, start_server
-from serving_helpers import assert_same_result, auth, encode, page_image
+from serving_helpers import assert_same_result, encode, page_image, post_together
 
 from polydet.pipeline import DetectOptions, Detector
 from polydet.serving.archive import main as archive_main
@@ -53,20 +51,7 @@ def test_mixed_sizes_sent_together_get_the_in_process_answer(ov_server, ov_store
     bodies = [encode(page_image(w=w, h=h)) for h, w in SIZES]
     want = [r.to_dict() for r in local.detect(bodies)]
     assert sum(len(w["detections"]) for w in want) > 0
-    got: list = [None] * len(bodies)
-    barrier = threading.Barrier(len(bodies))
-
-    def send(i):
-        barrier.wait()
-        got[i] = requests.post(f"{ov_server.inference_url}/predictions/polydet_openvino", data=bodies[i], timeout=120,
-                               headers={"Content-Type": "application/octet-stream",
-                                        **auth(ov_server.tokens.inference)})
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = post_together(f"{ov_server.inference_url}/predictions/polydet_openvino", ov_server.tokens.inference, bodies)
     for r, w, (h, wd) in zip(got, want, SIZES):
         assert r.status_code == 200, r.text
         assert (r.json()["width"], r.json()["height"]) == (wd, h)

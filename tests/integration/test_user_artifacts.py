@@ -5,17 +5,15 @@ static ONNX's archive advertises the batch it can take (batchSize 1), the TorchS
 
 from __future__ import annotations
 
-import threading
 import warnings
 import zipfile
 
 import numpy as np
 import pytest
-import requests
 import torch
 import yaml
 from conftest import ARCHIVE_ENV, start_server
-from serving_helpers import assert_same_result, auth, encode, page_image
+from serving_helpers import assert_same_result, encode, page_image, post_together
 
 from polydet.backends.base import META_KEY
 from polydet.pipeline import DetectOptions, Detector
@@ -91,20 +89,7 @@ def test_mixed_sizes_sent_together_get_the_in_process_answer(user_server, user_s
     bodies = [encode(page_image(w=w, h=h)) for h, w in SIZES]
     want = [r.to_dict() for r in local.detect(bodies)]
     assert sum(len(w["detections"]) for w in want) > 0
-    got: list = [None] * len(bodies)
-    barrier = threading.Barrier(len(bodies))
-
-    def send(i):
-        barrier.wait()
-        got[i] = requests.post(f"{user_server.inference_url}/predictions/{name}", data=bodies[i], timeout=120,
-                               headers={"Content-Type": "application/octet-stream",
-                                        **auth(user_server.tokens.inference)})
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = post_together(f"{user_server.inference_url}/predictions/{name}", user_server.tokens.inference, bodies)
     for r, w in zip(got, want):
         assert r.status_code == 200, r.text
         assert_same_result(r.json(), w)
