@@ -2,6 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The isolated venvs of conflicting toolchains (KServe, PyTriton, RKNN; polydet.envs), built once per checkout.
+export POLYDET_ENVS ?= $(CURDIR)/.venvs
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-pins.txt | sha1sum | cut -c1-12)
 
 .PHONY: install serve stop test test-unit archives bench image sysdeps clean
