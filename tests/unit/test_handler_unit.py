@@ -288,3 +288,22 @@ def test_a_request_cannot_ask_for_more_than_the_servers_limits():
     for bad in ({"max_det_limit": 0}, {"max_candidates": -1}, {"max_det_limit": 50}):  # the last: options' 100
         with pytest.raises(ConfigError):
             ServiceConfig.from_section(bad)
+
+
+def test_detect_images_gives_typed_results_in_order_with_errors_in_place():
+    import cv2
+
+    from polydet.errors import InvalidInputError
+    from polydet.options import DetectOptions
+    from polydet.results import Detections, ImageError
+
+    quad = [[20, 30], [200, 40], [190, 200], [30, 190]]
+    img = cv2.imencode(".png", np.zeros((448, 448, 3), np.uint8))[1].tobytes()
+    service = DetectionService(Detector(QuadBackend(quad)), ServiceConfig(DetectOptions(max_det=5), max_det_limit=5))
+    results, stats = service.detect_images([img, b"not an image", img], {"conf": 0.5})
+    assert [type(r) for r in results] == [Detections, ImageError, Detections]
+    assert results[1].status == 400 and (stats.batch, stats.images, stats.bad) == (3, 2, 1)
+    np.testing.assert_allclose(results[0].polygons[0], np.array(quad) * 2, atol=1e-3)
+    assert results[2].names[int(results[2].class_ids[0])] == "page"
+    with pytest.raises(InvalidInputError, match="max_det 9 is above this server's limit of 5"):
+        service.detect_images([img], {"max_det": 9})

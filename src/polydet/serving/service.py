@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 from ..backends import load_backend
 from ..errors import InvalidInputError, PolydetError, bounded, quote
 from ..pipeline import Detector
+from ..options import DetectOptions
 from ..preprocess import CpuPreprocessor, error_of
 from ..results import Detections, ImageError, Timings
 from .config import ServiceConfig
@@ -206,11 +207,7 @@ class DetectionService:
         for raw in requests:
             try:
                 req = parse_request(raw)
-                opts = self.config.options.replace(**req.options) if req.options else self.config.options
-                if opts.max_det > self.config.max_det_limit:
-                    raise InvalidInputError(f"max_det {opts.max_det} is above this server's limit of "
-                                            f"{self.config.max_det_limit} (handler.max_det_limit)")
-                parsed.append((req, opts))
+                parsed.append((req, self.options_for(req.options)))
             except Exception as e:  # noqa: BLE001 - every failure becomes this request's answer
                 parsed.append(error_of(e))
         good = [k for k, p in enumerate(parsed) if not isinstance(p, ImageError)]
@@ -227,6 +224,26 @@ class DetectionService:
         stats = BatchStats(timings, len(requests), len(good), sum(400 <= r.status < 500 for r in replies),
                            sum(ndet) / len(ndet) if ndet else None)
         return replies, stats
+
+    def options_for(self, overrides: Mapping[str, Any] | None) -> DetectOptions:
+        """The server's options with one request's overrides; InvalidInputError (400) names a bad one."""
+        opts = self.config.options.replace(**overrides) if overrides else self.config.options
+        if opts.max_det > self.config.max_det_limit:
+            raise InvalidInputError(f"max_det {opts.max_det} is above this server's limit of "
+                                    f"{self.config.max_det_limit} (handler.max_det_limit)")
+        return opts
+
+    def detect_images(self, images: Sequence[bytes], overrides: Mapping[str, Any] | None = None
+                      ) -> tuple[list[Detections | ImageError], BatchStats]:
+        """Typed results for fronts that speak tensors (OIP, KServe, Triton): one per image, in order, a bad
+        image an ImageError in its place. Bad ``overrides`` raise InvalidInputError (the whole request is 400)."""
+        opts = self.options_for(overrides)
+        batch = self.detector.detect(list(images), [opts] * len(images))
+        results = list(batch)
+        ndet = [len(r.scores) for r in results if not isinstance(r, ImageError)]
+        stats = BatchStats(batch.timings, len(images), len(ndet), len(images) - len(ndet),
+                           sum(ndet) / len(ndet) if ndet else None)
+        return results, stats
 
     def _reply_body(self, res, req: Request, rgb) -> dict | ImageError:
         if isinstance(res, ImageError):
