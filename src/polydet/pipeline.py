@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .backends import Backend, load_backend
-from .imageio import DEFAULT_MAX_PIXELS, decode_image
+from .imageio import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from .meta import ModelInfo
 from .options import DetectOptions
 from .ops.letterbox import PAD_VALUE
@@ -30,24 +30,42 @@ __all__ = ["DetectOptions", "Detector", "decode_image"]
 log = logging.getLogger(__name__)
 
 
+def default_preprocessor(backend: Backend, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                         max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES, gpu_decode: bool = True,
+                         decoder: str = "torchvision") -> Preprocessor:
+    """The decode + letterbox stage for ``backend``: on a CUDA device, unless ``gpu_decode`` is False, the
+    GPU one (:mod:`polydet.gpu_preprocess`) where its decoder runs there (probed; logged when not); else
+    the CPU one. Both take the same limits and answer bad images the same way."""
+    args = (backend.info, backend.device, backend.input_dtype, max_pixels, max_decode_bytes)
+    if gpu_decode and backend.device.type == "cuda":
+        from .gpu_preprocess import gpu_preprocessor
+
+        gpu = gpu_preprocessor(*args, decoder=decoder)
+        if gpu is not None:
+            return gpu
+    return CpuPreprocessor(*args)
+
+
 class Detector:
     """Polygon detection over any backend. ``detect`` takes a batch of images of any sizes.
 
     Building one calls :meth:`warmup` (``warmup=False`` leaves it to the first ``detect``).
-    ``preprocessor``: the decode + letterbox stage; by default the CPU one for the backend's model.
+    ``preprocessor``: the decode + letterbox stage; by default :func:`default_preprocessor`'s for the backend.
     ``max_candidates``: per image, the highest-scored candidates NMS considers (polygon_nms's own bound).
+    ``gpu_decode``: with no ``preprocessor`` given and a CUDA backend, decode JPEGs and letterbox on the GPU
+    (:func:`default_preprocessor`); False keeps the CPU path.
     """
 
     def __init__(self, backend: Backend, options: DetectOptions | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, warmup: bool = True,
-                 preprocessor: Preprocessor | None = None, max_candidates: int = MAX_CANDIDATES):
+                 preprocessor: Preprocessor | None = None, max_candidates: int = MAX_CANDIDATES,
+                 gpu_decode: bool = True):
         self.backend = backend
         self.options = options or DetectOptions()
         self.max_pixels = max_pixels
         # the highest-scored candidates per image that NMS considers: bounds its cost whatever the options
         self.max_candidates = max_candidates
-        self.preprocessor = preprocessor or CpuPreprocessor(backend.info, backend.device, backend.input_dtype,
-                                                            max_pixels)
+        self.preprocessor = preprocessor or default_preprocessor(backend, max_pixels, gpu_decode=gpu_decode)
         # the model facts images are prepared for (the backend's, unless a preprocessor says otherwise,
         # e.g. an eager model run at another input size)
         self.info: ModelInfo = self.preprocessor.info

@@ -39,6 +39,18 @@ class ServiceConfig:
     # and multi_label ask (conf 0 with multi_label makes every anchor a candidate for every class).
     max_det_limit: int = 300
     max_candidates: int = 3000
+    # Multi-image requests (a JSON "images" list, several form fields or gRPC inputs): at most this many
+    # images in one request (a 413 above it). All images of a TorchServe batch go through the model as one
+    # batch, so a worker holds up to batchSize x this many decoded images (each within max_decode_bytes) and
+    # their letterboxed tensors at once: 16 x batchSize 4 at 640 px is ~0.3 GB of float32 input.
+    max_images_per_request: int = 16
+    # the bytes of encoded images one request may carry in all (a 413 above it; base64 counted decoded).
+    # 16 MiB is config.properties' max_request_size, which already bounds a raw body: by default this
+    # refuses nothing TorchServe lets through; lower it to bound a multi-image request's decode work.
+    max_request_bytes: int = 16 * 2**20
+    # on a CUDA worker, decode JPEGs and letterbox on the GPU (polydet.gpu_preprocess; PNG/WebP/progressive
+    # and bad files still take the CPU path); false keeps the whole decode on the CPU
+    gpu_decode: bool = True
 
     @classmethod
     def from_section(cls, section: Mapping | None) -> "ServiceConfig":
@@ -52,11 +64,11 @@ class ServiceConfig:
         if unknown:
             raise ConfigError(f"model-config.yaml: unknown key(s) {unknown} in `handler:`; allowed: {sorted(known)}")
         for key in ("max_pixels", "max_decode_bytes", "dewarp_max_side", "dewarp_jpeg_quality", "max_det_limit",
-                    "max_candidates"):
+                    "max_candidates", "max_images_per_request", "max_request_bytes"):
             _positive_int(section, key, getattr(cls, key))
         if section.get("torch_threads") is not None:
             _positive_int(section, "torch_threads", None)
-        for key in ("warmup", "metrics"):
+        for key in ("warmup", "metrics", "gpu_decode"):
             if not isinstance(section.get(key, True), bool):
                 raise ConfigError(f"model-config.yaml: handler.{key} must be true or false, got {section[key]!r}")
         if not 1 <= section.get("dewarp_jpeg_quality", 90) <= 100:

@@ -2,58 +2,42 @@
 
 A front (the TorchServe handler, an Open Inference Protocol server, a PyTriton binding) hands over a
 batch of requests, each a mapping of named inputs as its transport delivers them, and gets back one
-:class:`Reply` per request plus the batch's numbers for its metrics. A request is one of:
+:class:`Reply` per request plus the batch's numbers for its metrics. What a request may be (one image as
+raw bytes, a form field or JSON; several as a JSON "images" list or several inputs) is
+:mod:`polydet.serving.parse`'s. Every image of every request in the batch goes through the Detector as
+one batch: a request of N images pays the transport's per-request cost once.
 
-- raw image bytes (REST body with Content-Type application/octet-stream or image/*; key ``body``);
-- a multipart form with one field, any name (key = the field name);
-- a JSON object ``{"image": "<base64>", "conf": 0.4, ..., "dewarp": true}``, parsed already (a dict) or
-  as bytes/str (gRPC, text/plain);
-- gRPC: input map key ``data`` (or any single key), holding image bytes or the JSON object.
-
-Bad requests get their own 4xx reply; the rest of the batch is answered normally.
+Bad requests get their own 4xx reply and bad images their own error in place; the rest of the batch is
+answered normally. A multi-image request is answered ``{"results": [...]}`` (each entry an output-contract
+object or ``{"error", "code"}``), 200 when at least one image succeeded; when all failed, with the first
+image's status, and ``"error"``/``"code"`` beside the results.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..backends import load_backend
-from ..errors import InvalidInputError, PolydetError, bounded, quote
+from ..errors import InvalidInputError, PolydetError, bounded
 from ..pipeline import Detector
 from ..options import DetectOptions
 from ..preprocess import CpuPreprocessor, error_of
 from ..results import Detections, ImageError, Timings
 from .config import ServiceConfig
+from .parse import (BODY_KEY, JSON_ONLY_KEYS, MAX_JSON_DEPTH, Request, RequestTooLargeError,  # noqa: F401
+                    json_depth, parse_json, parse_request)
 
 log = logging.getLogger(__name__)
 
 # Names of the per-batch metrics, declared in polydet/serving/metrics.yaml (TorchServe drops undeclared
-# handler metrics); other fronts may reuse them.
+# handler metrics); other fronts may reuse them. They count images: a request of N images is N.
 METRICS = {"preprocess": "PolydetPreprocessMs", "inference": "PolydetInferenceMs",
            "postprocess": "PolydetPostprocessMs", "detections": "PolydetDetectionsPerImage",
            "batch": "PolydetBatchSize", "bad": "PolydetBadRequests", "handler": "HandlerTime"}
-PAYLOAD_KEYS = ("body", "data")  # preferred when a request carries several inputs
-JSON_ONLY_KEYS = ("image", "dewarp")  # keys of a JSON request that are not DetectOptions
-# A request is one flat object; json.loads recurses once per level (100,000 levels: a RecursionError, which
-# was answered 500 with a traceback per request), so nesting is measured before parsing.
-MAX_JSON_DEPTH = 16
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-
-
-@dataclass(frozen=True)
-class Request:
-    """One parsed request: image bytes plus per-request option overrides."""
-
-    image: bytes
-    options: dict
-    dewarp: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,79 +48,15 @@ class Reply:
 
 @dataclass(frozen=True)
 class BatchStats:
-    """Per-batch numbers for a front's metrics. ``detections``: mean per answered image (None if none)."""
+    """Per-batch numbers for a front's metrics, in images (a request of N images counts N; a request refused
+    whole counts 1). ``batch``: images the batch carried; ``images``: those handed to the Detector; ``bad``:
+    images answered with a 4xx; ``detections``: mean per answered image (None if none)."""
 
     timings: Timings
     batch: int
     images: int
     bad: int
     detections: float | None
-
-
-def _payload(req: Mapping[str, Any]):
-    if not isinstance(req, Mapping) or not req:
-        raise InvalidInputError("empty request: send an image as the body, a form field or JSON {\"image\": ...}")
-    for key in PAYLOAD_KEYS:
-        if key in req:
-            return req[key]
-    if len(req) == 1:
-        return next(iter(req.values()))
-    raise InvalidInputError(f"expected one input (an image or a JSON object), got fields {quote(sorted(req))}")
-
-
-def json_depth(text: bytes) -> int:
-    """How deep objects and arrays nest in JSON ``text`` (brackets inside strings do not count); an upper
-    bound for malformed text. Vectorised: a 16 MB body takes milliseconds."""
-    import numpy as np
-
-    if text.count(b"[") + text.count(b"{") <= MAX_JSON_DEPTH:  # the usual request: no need to look closer
-        return text.count(b"[") + text.count(b"{")
-    a = np.frombuffer(_JSON_STRING.sub(b'""', text), np.uint8)
-    step = (a == ord("{")).astype(np.int64) + (a == ord("[")) - (a == ord("}")) - (a == ord("]"))
-    return int(np.cumsum(step).max(initial=0))
-
-
-def parse_json(text: bytes):
-    """JSON body -> its value. Too deep or malformed: InvalidInputError (400), with one log line."""
-    depth = json_depth(text)
-    try:
-        if depth > MAX_JSON_DEPTH:
-            raise InvalidInputError(f"JSON nested {depth} levels deep; a request is one object (at most "
-                                    f"{MAX_JSON_DEPTH} levels)")
-        try:
-            return json.loads(text)
-        except (ValueError, RecursionError) as e:  # RecursionError: belt and braces, depth is checked above
-            raise InvalidInputError(f"body starts with '{{' but is not valid JSON: {bounded(str(e))}") from e
-    except InvalidInputError as e:
-        log.info("polydet: refused a JSON body of %d bytes: %s", len(text), e)
-        raise
-
-
-def parse_request(req: Mapping[str, Any]) -> Request:
-    """A request's named inputs -> Request. Raises InvalidInputError (HTTP 400) with the reason."""
-    value = _payload(req)
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    # JSON as bytes: gRPC, and REST too (config.properties' decode_input_request=false leaves JSON to us)
-    if isinstance(value, (bytes, bytearray)) and bytes(value[:64]).lstrip()[:1] == b"{":
-        value = parse_json(bytes(value))
-    if isinstance(value, (bytes, bytearray)):
-        return Request(bytes(value), {})
-    if not isinstance(value, dict):
-        raise InvalidInputError(f"JSON body must be an object with an \"image\" key, got {type(value).__name__}")
-    if "image" not in value:
-        raise InvalidInputError("JSON body has no \"image\" key (base64 of the image file)")
-    b64 = value["image"]
-    if not isinstance(b64, str):
-        raise InvalidInputError("\"image\" must be a base64 string")
-    try:
-        data = base64.b64decode(b64.split(",", 1)[1] if b64.startswith("data:") else b64, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidInputError(f"\"image\" is not valid base64: {bounded(str(e))}") from e
-    dewarp = value.get("dewarp", False)
-    if not isinstance(dewarp, bool):
-        raise InvalidInputError(f"\"dewarp\" must be true or false, got {quote(dewarp)}")
-    return Request(data, {k: v for k, v in value.items() if k not in JSON_ONLY_KEYS}, dewarp)
 
 
 def dewarp_field(rgb, dets: Detections, max_side: int, quality: int) -> dict | None:
@@ -182,8 +102,7 @@ class DetectionService:
             torch.set_num_threads(config.torch_threads)
         backend = load_backend(artifact, device=device)
         # the preprocessor Detector would build, with the archive's decode budget
-        pre = CpuPreprocessor(backend.info, backend.device, backend.input_dtype, config.max_pixels,
-                              config.max_decode_bytes)
+        pre = default_preprocessor(backend, config.max_pixels, config.max_decode_bytes, config.gpu_decode)
         detector = Detector(backend, options=config.options, max_pixels=config.max_pixels, preprocessor=pre,
                             max_candidates=config.max_candidates)
         service = cls(detector, config)
@@ -202,28 +121,48 @@ class DetectionService:
                 f"NMS {d.nms_backend}{self.warmed}, {self.config}")
 
     def answer(self, requests: Sequence[Mapping[str, Any]]) -> tuple[list[Reply], BatchStats]:
+        """One Reply per request, in order; all good images of all requests through the Detector as one batch."""
         t0 = time.perf_counter()
-        parsed: list = []  # (Request, DetectOptions) or ImageError
+        parsed: list = []  # (Request, DetectOptions) or the ImageError of a request refused whole
         for raw in requests:
             try:
-                req = parse_request(raw)
+                req = parse_request(raw, self.config)
                 parsed.append((req, self.options_for(req.options)))
             except Exception as e:  # noqa: BLE001 - every failure becomes this request's answer
                 parsed.append(error_of(e))
-        good = [k for k, p in enumerate(parsed) if not isinstance(p, ImageError)]
+        # per request, its images' results: an image refused while parsing is already its ImageError
+        results = [list(p[0].images) if isinstance(p, tuple) else [p] for p in parsed]
+        slots = [(k, j) for k, p in enumerate(parsed) if isinstance(p, tuple)
+                 for j, img in enumerate(p[0].images) if not isinstance(img, ImageError)]
         parse_ms = (time.perf_counter() - t0) * 1e3
-        batch = self.detector.detect([parsed[k][0].image for k in good], [parsed[k][1] for k in good])
+        batch = self.detector.detect([results[k][j] for k, j in slots], [parsed[k][1] for k, _ in slots])
         t1 = time.perf_counter()
-        results: list = list(parsed)
-        for k, res, rgb in zip(good, batch, batch.pixels):
-            results[k] = self._reply_body(res, parsed[k][0], rgb)
-        replies = [Reply(r.status, r.to_dict()) if isinstance(r, ImageError) else Reply(200, r) for r in results]
-        ndet = [len(r["detections"]) for r in results if isinstance(r, dict)]
+        for (k, j), res, rgb in zip(slots, batch, batch.pixels):
+            req = parsed[k][0]
+            results[k][j] = self._reply_body(res, req.dewarp, rgb, req.images[j])
+        replies = [self._reply(p, r) for p, r in zip(parsed, results)]
+        flat = [r for rs in results for r in rs]
+        ndet = [len(r["detections"]) for r in flat if isinstance(r, dict)]
         t = batch.timings
         timings = Timings(t.preprocess + parse_ms, t.inference, t.postprocess + (time.perf_counter() - t1) * 1e3)
-        stats = BatchStats(timings, len(requests), len(good), sum(400 <= r.status < 500 for r in replies),
+        stats = BatchStats(timings, len(flat), len(slots),
+                           sum(isinstance(r, ImageError) and 400 <= r.status < 500 for r in flat),
                            sum(ndet) / len(ndet) if ndet else None)
         return replies, stats
+
+    @staticmethod
+    def _reply(parsed, results: list) -> Reply:
+        """A request's Reply: one image as the output contract (or its error), several as {"results": [...]}:
+        200 if any image succeeded, else the first image's status with its reason beside the results."""
+        if not isinstance(parsed, tuple) or not parsed[0].multi:
+            r = results[0]
+            return Reply(r.status, r.to_dict()) if isinstance(r, ImageError) else Reply(200, r)
+        body = {"results": [r.to_dict() if isinstance(r, ImageError) else r for r in results]}
+        if any(not isinstance(r, ImageError) for r in results):
+            return Reply(200, body)
+        first = results[0]
+        reason = bounded(f"all {len(results)} images failed; the first: {first.reason}")
+        return Reply(first.status, {"error": reason, "code": first.status, **body})
 
     def options_for(self, overrides: Mapping[str, Any] | None) -> DetectOptions:
         """The server's options with one request's overrides; InvalidInputError (400) names a bad one."""
@@ -245,12 +184,15 @@ class DetectionService:
                            sum(ndet) / len(ndet) if ndet else None)
         return results, stats
 
-    def _reply_body(self, res, req: Request, rgb) -> dict | ImageError:
+    def _reply_body(self, res, dewarp: bool, rgb, image: bytes) -> dict | ImageError:
         if isinstance(res, ImageError):
             return res
         try:
             body = res.to_dict()
-            if req.dewarp:
+            if dewarp:
+                if rgb is None:  # decoded on the GPU, no host pixels: this one again on the CPU
+                    c = self.config
+                    rgb = to_rgb(image, c.max_pixels, c.max_decode_bytes, self.detector.info.imgsz).pixels
                 body["dewarp"] = dewarp_field(rgb, res, self.config.dewarp_max_side, self.config.dewarp_jpeg_quality)
             return body
         except Exception as e:  # noqa: BLE001
