@@ -41,7 +41,8 @@ def test_rows_agree_with_the_backends():
         assert Precision.FP32 in row.precisions and set(row.precisions) <= set(Precision)
     fp32, fp16, int8 = Precision.FP32, Precision.FP16, Precision.INT8
     offered = {"torchscript": (fp32, fp16), "onnx": (fp32, fp16, int8), "tensorrt": (fp32, fp16, int8),
-               "openvino": (fp32, fp16, int8), "ncnn": (fp32, fp16), "mnn": (fp32,)}  # MNN fp16: see its row
+               "openvino": (fp32, fp16, int8), "ncnn": (fp32, fp16), "mnn": (fp32,),
+               "aoti": (fp32, fp16)}  # MNN fp16: see its row
     assert {n: f.precisions for n, f in FORMATS.items()} == {n: offered[n] for n in FORMATS}
     with pytest.raises(dataclasses.FrozenInstanceError):
         FORMATS["onnx"].suffix = ".x"

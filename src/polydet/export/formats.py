@@ -49,6 +49,10 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     # model at 128 px (tests/unit/test_mnn.py keeps the measurement); fp32 is exact.
     ExportFormat("mnn", ".mnn", ".mnn:export_mnn", "mnn", (Precision.FP32,), archive_suffix="_mnn",
                  companions=(".json",)),
+    # AOTInductor: compiled for the export's device (--device cuda to serve on a GPU); cuDNN convolutions in
+    # TF32 on CUDA (fp32), as the TorchScript trace's
+    ExportFormat("aoti", ".pt2", ".aoti:export_aoti", "aoti", (Precision.FP32, Precision.FP16),
+                 archive_suffix="_aoti", cuda_tf32=True),
 )}
 
 # Graph passes: name -> "module:function", called as function(path: Path, info: ModelInfo) -> None after

@@ -1,0 +1,48 @@
+"""The AOTInductor format on the CPU: export (compiled by Inductor's C++ backend, ~1-2 min here), the
+package's own metadata, parity with the eager model at several batch sizes, the refusals. The CUDA package
+(fp16, channels-last) is tested on the device: tests/gpu/test_gpu_serving.py."""
+
+import pytest
+import torch
+
+from polydet.backends import load_backend
+from polydet.errors import ModelLoadError
+from polydet.export import TOLERANCES, export, load_or_build
+from polydet.export.common import fixed_inputs
+from polydet.meta import ModelInfo, Precision
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    path, diff = export("random", "aoti", out=tmp_path_factory.mktemp("aoti") / "m.pt2", imgsz=128, device="cpu")
+    return path, diff
+
+
+def test_export_verifies_and_describes_itself(package):
+    path, diff = package
+    assert diff["corners_px"] <= TOLERANCES["fp32"]["corners_px"] and diff["scores"] <= TOLERANCES["fp32"]["scores"]
+    b = load_backend(path, device="cpu")
+    assert type(b).__name__ == "AotiBackend"
+    assert b.info == ModelInfo(imgsz=128)  # what export() embedded: names, size, stride, precision
+    assert b.precision is Precision.FP32 and not b.channels_last and b.chunk == 1024
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_any_batch_size_matches_eager(package, n):
+    path, _ = package
+    model, _ = load_or_build("random", imgsz=128)
+    x = fixed_inputs((128, 128), batch=n)
+    with torch.inference_mode():
+        ref = model.eval()(x).float()
+    out = load_backend(path, device="cpu")(x)
+    assert out.shape == ref.shape == (n, ref.shape[1], 11)
+    assert float((out[..., :8] - ref[..., :8]).abs().max()) <= TOLERANCES["fp32"]["corners_px"]
+    assert float((out[..., 8:] - ref[..., 8:]).abs().max()) <= TOLERANCES["fp32"]["scores"]
+
+
+def test_refusals(package):
+    path, _ = package
+    with pytest.raises(ModelLoadError, match="compiled for cpu, not cuda: export it again with --device cuda"):
+        load_backend(path, device="cuda")
+    with pytest.raises(ModelLoadError, match="compiled fp32 package: its precision is fixed at export, not fp16"):
+        load_backend(path, device="cpu", precision="fp16")
