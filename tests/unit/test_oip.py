@@ -63,8 +63,8 @@ def test_decode_inputs_takes_every_front_s_form_of_a_bytes_tensor(images):
 
 
 def test_decode_inputs_reads_the_options_object():
-    for options in ([b'{"conf": 0.5, "max_det": 3}'], '{"conf": 0.5, "max_det": 3}',
-                    np.array([[b'{"conf": 0.5, "max_det": 3}']], dtype=object)):
+    text = b'{"conf": 0.5, "max_det": 3}'
+    for options in ([text], text.decode(), np.array([[text]], dtype=object), [base64.b64encode(text).decode()]):
         assert oip.decode_inputs({"images": [b"x"], "options": options}) == ([b"x"], {"conf": 0.5, "max_det": 3})
     assert oip.decode_inputs({"images": b"one"}, {"images": "BYTES"}) == ([b"one"], {})
 
@@ -79,6 +79,9 @@ def test_decode_inputs_reads_the_options_object():
     ({"images": [b"x"], "options": [b"{}", b"{}"]}, None,
      "input 'options' must hold exactly one JSON object, got 2 elements"),
     ({"images": [b"x"], "options": [b"conf=1"]}, None, "input 'options' is not JSON: b'conf=1'"),
+    ({"images": [b"x"], "options": ["conf=1"]}, None, "input 'options' is not JSON: 'conf=1'"),
+    ({"images": [b"x"], "options": [base64.b64encode(b"[1]").decode()]}, None,
+     "input 'options' must be a JSON object, got [1]"),
     ({"images": [b"x"], "options": [b"[1, 2]"]}, None, "input 'options' must be a JSON object, got [1, 2]"),
     ({"images": [b"x"], "options": [b"\xff{}"]}, None, "input 'options' is not JSON: b'\\xff{}'"),
     ({"images": [b"x"], "options": [7]}, None, "input 'options' must be BYTES (JSON text), got int"),
@@ -171,3 +174,12 @@ def test_the_layout_through_a_detection_service_end_to_end():
     assert json.loads(out["results"][1])["code"] == 400
     with pytest.raises(InvalidInputError, match="max_det 9 is above this server's limit of 5"):
         service.detect_images(*oip.decode_inputs({"images": [png], "options": [b'{"max_det": 9}']}))
+
+
+def test_decode_inputs_enforces_the_request_limits():
+    assert oip.decode_inputs({"images": [b"ab", b"cd"]}, max_images=2, max_bytes=4) == ([b"ab", b"cd"], {})
+    for kw, reason in (({"max_images": 1}, "2 images in one request; at most 1 (handler.max_images_per_request)"),
+                       ({"max_bytes": 3}, "4 bytes of images in one request; at most 3 (handler.max_request_bytes)")):
+        with pytest.raises(oip.RequestTooLargeError) as e:
+            oip.decode_inputs({"images": [b"ab", b"cd"]}, **kw)
+        assert str(e.value) == reason and e.value.http_status == 413

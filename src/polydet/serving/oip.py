@@ -6,7 +6,8 @@ Inputs (:data:`INPUTS`):
                          An element is the file's bytes, or a str holding its base64 (how BYTES travel in
                          v2 JSON, and how TorchServe's OIP frontend hands them over).
   ``options`` BYTES [1]  optional: one JSON object of detect options, the keys a REST JSON body takes
-                         (conf, iou, max_det, multi_label, agnostic).
+                         (conf, iou, max_det, multi_label, agnostic): its JSON text as bytes or str, or a
+                         str of base64 of that text (how TorchServe's OIP frontend hands BYTES over).
 Outputs (:data:`OUTPUTS`), ragged: every image's detections concatenated in image order, and
 ``counts`` saying how many rows each image owns (image i: rows sum(counts[:i]) .. + counts[i]):
   ``polygons``  FP32 [T,4,2]  corners TL, TR, BR, BL in original-image pixels
@@ -49,6 +50,12 @@ LAYOUT = ("ragged: polygons FP32 [T,4,2] (original-image pixels, corners TL,TR,B
           "says how many rows image i owns (rows sum(counts[:i]) .. +counts[i]); status INT32 [N] is 200 or "
           "that image's error status; results BYTES [N] is the REST API's JSON per image (the output "
           "contract or {\"error\", \"code\"})")
+
+
+class RequestTooLargeError(InvalidInputError):
+    """More images, or more image bytes, than one request may carry. HTTP 413."""
+
+    http_status = 413
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,11 @@ def _options(value: Any) -> dict:
         raise InvalidInputError(f"input 'options' must be BYTES (JSON text), got {type(text).__name__}")
     if len(text) > MAX_OPTIONS_BYTES:
         raise InvalidInputError(f"input 'options' is {len(text)} bytes; at most {MAX_OPTIONS_BYTES}")
+    if isinstance(text, str) and not text.lstrip().startswith("{"):  # base64 never holds a '{'
+        try:
+            text = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass  # not base64 either: the JSON error below names it
     try:
         opts = json.loads(text)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
@@ -128,12 +140,14 @@ def _options(value: Any) -> dict:
     return opts
 
 
-def decode_inputs(tensors: Mapping[str, Any], datatypes: Mapping[str, str] | None = None
-                  ) -> tuple[list[bytes], dict]:
+def decode_inputs(tensors: Mapping[str, Any], datatypes: Mapping[str, str] | None = None, *,
+                  max_images: int | None = None, max_bytes: int | None = None) -> tuple[list[bytes], dict]:
     """Input tensors (name -> a BYTES tensor: numpy array, list, or one bytes/str) -> (image files, option
     overrides). ``datatypes``: the datatype each input was declared with, where the protocol says.
-    Raises InvalidInputError (400) naming the problem. The options' keys and values are checked by
-    DetectionService.detect_images (DetectOptions), which raises InvalidInputError the same way."""
+    ``max_images`` / ``max_bytes`` (ServiceConfig's max_images_per_request / max_request_bytes): above
+    them, RequestTooLargeError (413). Raises InvalidInputError (400) naming any other problem. The
+    options' keys and values are checked by DetectionService.detect_images (DetectOptions), which raises
+    InvalidInputError the same way."""
     unknown = sorted(set(tensors) - set(INPUT_NAMES))
     if unknown:
         raise InvalidInputError(f"unknown input(s) {quote(unknown)}; this model takes {list(INPUT_NAMES)}")
@@ -145,7 +159,13 @@ def decode_inputs(tensors: Mapping[str, Any], datatypes: Mapping[str, str] | Non
     items = _elements("images", tensors["images"])
     if not items:
         raise InvalidInputError("input 'images' is empty; send at least one image")
+    if max_images is not None and len(items) > max_images:
+        raise RequestTooLargeError(f"{len(items)} images in one request; at most {max_images} "
+                                   "(handler.max_images_per_request)")
     images = [_image_bytes(i, item) for i, item in enumerate(items)]
+    if max_bytes is not None and sum(map(len, images)) > max_bytes:
+        raise RequestTooLargeError(f"{sum(map(len, images))} bytes of images in one request; at most {max_bytes} "
+                                   "(handler.max_request_bytes)")
     return images, (_options(tensors["options"]) if "options" in tensors else {})
 
 
