@@ -27,6 +27,8 @@ EXTERNAL = {
     "debug": ("polydet.optimize.debug", "compare two artifacts layer by layer: where does the error start"),
 }
 DATA_MODULE = "polydet.data.synth"
+# `polydet data SUB ...` -> the module whose main() takes the rest
+DATA_MODULES = {"synth": DATA_MODULE, "sources": "polydet.data.debsources", "heldout": "polydet.data.heldout"}
 
 
 def _add_threshold_args(p: argparse.ArgumentParser) -> None:
@@ -76,7 +78,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", help="comma-separated class names (default: from the checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights")
 
-    p = sub.add_parser("data", help="datasets: `polydet data synth OUT --n N --seed S`")
+    p = sub.add_parser("data", help="datasets: `polydet data synth OUT --n N --seed S`, `data sources`, `data heldout`")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     for name, (_, help_) in EXTERNAL.items():
         q = sub.add_parser(name, help=help_, add_help=False)
@@ -158,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         mod = importlib.import_module(EXTERNAL[argv[0]][0])
         entry = getattr(mod, f"{argv[0]}_main", None) or mod.main
         return entry(argv[1:]) or 0
-    if argv[:2] == ["data", "synth"]:
-        return importlib.import_module(DATA_MODULE).main(argv[2:]) or 0
+    if len(argv) >= 2 and argv[0] == "data" and argv[1] in DATA_MODULES:
+        return importlib.import_module(DATA_MODULES[argv[1]]).main(argv[2:]) or 0
     args = parser.parse_args(argv)
     if args.command == "data":
-        parser.error("data: the only subcommand is `synth` (polydet data synth OUT --n N --seed S)")
+        parser.error(f"data: subcommands are {', '.join(DATA_MODULES)} (e.g. polydet data synth OUT --n N --seed S)")
     try:
         return {"predict": _predict, "export": _export}[args.command](args)
     except PolydetError as e:

@@ -9,7 +9,7 @@ import math
 import cv2
 import numpy as np
 
-from .sources import pool
+from .sources import active_split, picture_sources, pool
 
 
 def _u(rng, a, b):
@@ -117,8 +117,7 @@ def crop_resize(rng, src: np.ndarray, h: int, w: int, zoom=(1.0, 3.0)) -> np.nda
 
 def natural(rng, h: int, w: int, textures: bool = True, zoom=(1.0, 3.0)) -> np.ndarray:
     """A crop of a bundled photo (or grey texture), with random colour changes."""
-    p = pool()
-    srcs = p.photos + (p.textures if textures else ())
+    srcs = picture_sources(textures)
     src = _gray3(srcs[int(rng.integers(len(srcs)))])
     if rng.random() < 0.25:  # any orientation: upside-down scenes are still scenes
         src = np.rot90(src, int(rng.integers(1, 4)))
@@ -253,7 +252,7 @@ def background(rng, h: int, w: int, work: int = 480) -> np.ndarray:
 def face_portrait(rng, h: int, w: int) -> np.ndarray:
     """A (blurry, tiny-source) portrait: an LFW face over a coloured studio backdrop."""
     faces = pool().faces
-    if len(faces) == 0:
+    if len(faces) == 0 or active_split() == "heldout":  # the faces are a training source
         return natural(rng, h, w, textures=False)
     f = faces[int(rng.integers(len(faces)))]
     img = crop_resize(rng, _gray3(f), h, w, zoom=(1.0, 1.3))

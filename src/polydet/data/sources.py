@@ -7,8 +7,11 @@ BGR uint8. A missing package only shrinks the pool; an empty pool is an error th
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,3 +117,71 @@ def pool() -> Pool:
         raise MissingDependencyError("the synthetic data generator needs the bundled sample pictures of "
                                      "scikit-image / scikit-learn / matplotlib: pip install 'polydet[data]'")
     return Pool(tuple(photos), tuple(textures), faces, tuple(logos), tuple(fonts))
+
+
+# ------------------------------------------------------------------ extra sources (polydet data sources)
+SOURCES_ENV = "POLYDET_SOURCES"  # folder written by `polydet data sources` (default ./data_sources)
+# Which pictures the generator draws from: "pypi" (the bundled samples only: generator 1.0, so the fixed
+# validation set stays byte-identical), "train" (those + the training packages) or "heldout" (only the
+# held-out packages). Set per sample by render_sample through ``using``; never at import.
+_SPLIT: contextvars.ContextVar[str] = contextvars.ContextVar("polydet_sources_split", default="pypi")
+
+
+@contextlib.contextmanager
+def using(split: str):
+    if split not in ("pypi", "train", "heldout"):
+        raise ValueError(f"sources must be pypi, train or heldout, got {split!r}")
+    token = _SPLIT.set(split)
+    try:
+        yield
+    finally:
+        _SPLIT.reset(token)
+
+
+def active_split() -> str:
+    return _SPLIT.get()
+
+
+def sources_dir() -> Path:
+    return Path(os.environ.get(SOURCES_ENV) or "data_sources")
+
+
+@dataclass(frozen=True)
+class Extra:
+    photos: tuple[np.ndarray, ...]  # BGR photographs (wallpaper packages)
+    pages: tuple[np.ndarray, ...]  # BGR rendered pages of PDF manuals
+    fonts: tuple[str, ...]  # font files (CJK)
+
+
+def _read_dir(d: Path) -> tuple[np.ndarray, ...]:
+    return tuple(im for f in sorted(d.glob("*.jpg")) if (im := _read(f)) is not None) if d.is_dir() else ()
+
+
+@functools.lru_cache(maxsize=4)
+def _extra(split: str, root: str) -> Extra:
+    d = Path(root) / split
+    ext = Extra(_read_dir(d / "photos"), _read_dir(d / "pages"),
+                tuple(sorted(str(f) for f in (d / "fonts").glob("*.tt[cf]"))) if (d / "fonts").is_dir() else ())
+    if not ext.photos or not ext.pages:
+        raise MissingDependencyError(f"no {split} photos/pages in {d}: run `polydet data sources` (or set "
+                                     f"{SOURCES_ENV} to the folder it wrote)")
+    return ext
+
+
+def extra(split: str | None = None) -> Extra:
+    """The installed extra sources of ``split`` (default: the active one; "pypi" has none)."""
+    split = split or active_split()
+    if split == "pypi":
+        return Extra((), (), ())
+    return _extra(split, str(sources_dir().resolve()))
+
+
+def picture_sources(textures: bool) -> tuple[np.ndarray, ...]:
+    """Pictures for photo contents and backgrounds under the active split (see ``_SPLIT``)."""
+    p, split = pool(), active_split()
+    tex = p.textures if textures else ()
+    if split == "pypi":
+        return p.photos + tex
+    if split == "heldout":
+        return extra("heldout").photos
+    return p.photos + extra("train").photos + tex

@@ -24,6 +24,7 @@ from .effects import camera_pipeline, drop_shadow
 from .labels import write_labels
 from .objects import clutter, page_texture, photo_texture
 from .scenes import background
+from .sources import using
 
 GENERATOR_VERSION = "1.0"
 NAMES = ("page", "photo")
@@ -57,6 +58,9 @@ class SynthConfig:
     noise_sigma: float = 8.0  # sensor noise std up to this (80 % of images), in 0-255 units
     jpeg_p: float = 0.9  # P(JPEG re-encode)
     jpeg_quality: tuple[int, int] = (35, 95)
+    log_area_p: float = 0.5  # P(an object's area is drawn log-uniform, i.e. small-biased) vs uniform
+    recipe: int = 1  # 1: generator 1.0 (pages/prints/cards/screens); 2: synth2's kinds, look-alikes, occluders
+    sources: str = "pypi"  # pictures drawn from: "pypi" (1.0), "train" or "heldout" (polydet data sources)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,7 +121,7 @@ def place_objects(rng, w: int, h: int, cfg: SynthConfig) -> list[tuple[int, floa
             cls = int(rng.random() < cfg.photo_p)
             aspect = _obj_aspect(rng, cfg)
             hi_k = max(hi, cfg.area[0] * 1.01)
-            if rng.random() < 0.5:  # log-uniform: many small objects
+            if rng.random() < cfg.log_area_p:  # log-uniform: many small objects
                 frac = math.exp(rng.uniform(math.log(cfg.area[0]), math.log(hi_k)))
             else:  # uniform: as many large ones (a document filling the frame is the classic shot)
                 frac = rng.uniform(cfg.area[0], hi_k)
@@ -155,6 +159,15 @@ def _warp_into(img: np.ndarray, tex: np.ndarray, alpha: np.ndarray | None, quad:
 def render_sample(rng: np.random.Generator, cfg: SynthConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic photo and its labels (K, 9) [cls, x1, y1, ..., x4, y4] in pixels, canonical order."""
     cfg = cfg or SynthConfig()
+    with using(cfg.sources):
+        if cfg.recipe >= 2:
+            from .synth2 import render_v2
+
+            return render_v2(rng, cfg)
+        return _render_v1(rng, cfg)
+
+
+def _render_v1(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray]:
     w, h = _image_size(rng, cfg)
     img = background(rng, h, w)
     if rng.random() < cfg.clutter_p:
@@ -259,7 +272,8 @@ def write_dataset(out_dir, n: int, seed: int, cfg: SynthConfig | None = None, wo
             img = cv2.imread(str(out / f"{i:06d}.jpg"))
             samples.append((img, read_labels(out / f"{i:06d}.txt", img.shape[1], img.shape[0])))
         cv2.imwrite(str(out / "preview.jpg"), preview_grid(samples), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    meta = {"generator": "polydet.data.synth", "version": GENERATOR_VERSION, "seed": seed, "n": n,
+    version = GENERATOR_VERSION if cfg.recipe < 2 else "2.0"
+    meta = {"generator": "polydet.data.synth", "version": version, "seed": seed, "n": n,
             "names": list(NAMES), "objects": int(sum(counts)), "cfg": cfg.to_dict()}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2))
     return meta
@@ -276,6 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed: sample i uses default_rng([seed, i])")
     p.add_argument("--workers", type=int, default=1, help="processes (output does not depend on it)")
+    p.add_argument("--preset", default="v1", help="generator settings: v1 (1.0, the validation set's), train "
+                   "or heldout (2.0 with those source packages; see polydet.data.synth2.PRESETS)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -285,6 +301,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.n < 0 or args.workers < 1:
         parser.error("--n must be >= 0 and --workers >= 1")
-    meta = write_dataset(args.out, args.n, args.seed, workers=args.workers, progress=not args.no_progress)
+    from .synth2 import preset
+
+    meta = write_dataset(args.out, args.n, args.seed, preset(args.preset), workers=args.workers,
+                         progress=not args.no_progress)
     print(f"wrote {meta['n']} images ({meta['objects']} objects) to {args.out}")
     return 0
