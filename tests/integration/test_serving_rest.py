@@ -116,7 +116,7 @@ BAD_REQUESTS = {
     "json conf out of range": (dict(json={"image": b64(b"x"), "conf": 2}), 400),
     "json dewarp not bool": (dict(json={"image": b64(b"x"), "dewarp": "yes"}), 400),
     "json array": (dict(json=[1, 2, 3]), 400),
-    "multipart two fields": (dict(files={"a": ("a.jpg", b"1"), "b": ("b.jpg", b"2")}), 400),
+    "json images not a list": (dict(json={"images": "abc"}), 400),
 }
 
 

@@ -241,12 +241,16 @@ def corpus() -> list[Case]:
             "Content-Type": "application/json"}), 400, "JSON nested 100001 levels deep"),
         err("json nested 100,000 levels (octet-stream)", raw(deep_json()), 400, "JSON nested 100001 levels deep"),
         # -- forms --------------------------------------------------------------------------------
-        err("multipart: two files", dict(files={"a": ("a.jpg", good_jpeg), "b": ("b.jpg", good_jpeg)}), 400,
-            "expected one input"),
+        # several form fields are a multi-image request (tests/integration/test_multi_image_served.py); refused
+        # whole only over the server's limits or when the list itself is wrong
+        err("json: 17 images (over handler.max_images_per_request)", dict(json={"images": [b64(good_jpeg)] * 17}),
+            413, "17 images in one request; this server takes at most 16 (handler.max_images_per_request)"),
+        err("json: images not a list", dict(json={"images": b64(good_jpeg)}), 400,
+            "\"images\" must be a non-empty list of base64 strings"),
         err("multipart: only a text field", dict(files={"conf": (None, "0.5")}), 400, "cannot decode image"),
         err("multipart: no parts", dict(data=empty_multipart, headers=mp_headers), 400, "empty request"),
-        err("urlencoded form", dict(data=b"a=1&b=2", headers={"Content-Type": "application/x-www-form-urlencoded"}),
-            400, "expected one input"),
+        err("urlencoded form", dict(data=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"}),
+            400, "cannot decode image"),
         Case("jpeg without a Content-Type", dict(data=good_jpeg), 200, size=(480, 360)),
         # -- refused by TorchServe before the handler ---------------------------------------------
         # curl --data-binary sends Content-Type application/x-www-form-urlencoded by default: TorchServe's

@@ -353,8 +353,8 @@ def test_request_errors_quote_a_prefix_and_deep_json_is_a_400():
         with pytest.raises(InvalidInputError) as e:
             parse_request({"body": bytearray(body)})
         assert reason in str(e.value) and len(str(e.value)) < 200
-    with pytest.raises(InvalidInputError, match=r"got fields \['aaa"):
-        parse_request({"a" * 300_000: b"x", "b": b"y"})
+    reason = parse_request({"a" * 300_000: 1, "b": b"y"}).images[0].reason  # several inputs: multi-image
+    assert reason.startswith("input 'aaa") and len(reason) < 200
     assert MAX_JSON_DEPTH >= 2  # {"image": ..., "conf": ...} is depth 1
 
 

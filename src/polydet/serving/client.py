@@ -3,7 +3,9 @@
 Both clients have the same methods and return plain dicts: ``predict`` returns the output contract
 (``{"width", "height", "detections": [...]}``), management calls return TorchServe's JSON answer.
 Any refusal (HTTP >= 400, a gRPC error, or a handler error body) raises :class:`ClientError` with the
-status and TorchServe's message.
+status and TorchServe's message. ``predict_many`` sends several images in one request and returns one
+entry per image, in order: the output contract, or that image's ``{"error", "code"}``; it raises only
+when the request is refused whole (over the server's limits, a bad option, TorchServe's own refusals).
 """
 
 from __future__ import annotations
@@ -37,6 +39,28 @@ def _json_request(image: bytes, options: dict | None, dewarp: bool) -> dict:
     if dewarp:
         body["dewarp"] = True
     return body
+
+
+def _json_many(images: list[bytes], options: dict | None, dewarp: bool) -> dict:
+    body = {"images": [base64.b64encode(b).decode("ascii") for b in images], **(options or {})}
+    if dewarp:
+        body["dewarp"] = True
+    return body
+
+
+def input_names(n: int) -> list[str]:
+    """Input names of a several-inputs request: the server answers them in their names' natural order."""
+    return [f"image{i}" for i in range(n)]
+
+
+def _check_results(body, status) -> list:
+    """A multi-image answer -> its per-image results (also when every image failed: the results are the
+    answer); a request refused whole raises ClientError."""
+    if isinstance(body, dict) and isinstance(body.get("results"), list):
+        return body["results"]
+    if isinstance(body, dict) and "error" in body:
+        raise ClientError(body.get("code", status), body["error"], body)
+    raise ClientError(status, f"unexpected answer to a multi-image request: {str(body)[:200]}", body)
 
 
 def _check_prediction(result, status):
@@ -97,6 +121,28 @@ class RestClient:
         else:
             raise ValueError(f"mode must be raw, multipart or json, got {mode!r}")
         return _check_prediction(self._call("POST", url, "inference", **kw), 200)
+
+    def predict_many(self, images: list, model: str = DEFAULT_MODEL, version: str | None = None,
+                     mode: str = "json", options: dict | None = None, dewarp: bool = False) -> list[dict]:
+        """Several images in one request. mode: "json" ({"images": [base64...], options}) or "multipart"
+        (one file per image, fields image0, image1, ...; no options)."""
+        data = [_image_bytes(i) for i in images]
+        url = f"{self.url}/predictions/{model}" + (f"/{version}" if version else "")
+        if mode == "json":
+            kw = {"json": _json_many(data, options, dewarp)}
+        elif mode == "multipart":
+            if options or dewarp:
+                raise ValueError("per-request options and dewarp need mode='json'")
+            kw = {"files": [(n, (n, b, "application/octet-stream")) for n, b in zip(input_names(len(data)), data)]}
+        else:
+            raise ValueError(f"mode must be json or multipart for several images, got {mode!r}")
+        try:
+            body = self._call("POST", url, "inference", **kw)
+        except ClientError as e:  # every image failed: the status is the first one's, the results are there
+            if isinstance(e.body, dict) and isinstance(e.body.get("results"), list):
+                return e.body["results"]
+            raise
+        return _check_results(body, 200)
 
     def ping(self) -> dict:
         return self._call("GET", f"{self.url}/ping", "inference")
@@ -187,6 +233,23 @@ class GrpcClient:
                                                        input={"data": data})
         resp = self._call(self.inference.Predictions, req, "inference")
         return _check_prediction(json.loads(resp.prediction), "OK")
+
+    def predict_many(self, images: list, model: str = DEFAULT_MODEL, version: str | None = None,
+                     mode: str = "json", options: dict | None = None, dewarp: bool = False) -> list[dict]:
+        """Several images in one request. mode: "json" (the JSON object in input ``data``) or "keys" (one
+        input per image, image0, image1, ...; no options)."""
+        data = [_image_bytes(i) for i in images]
+        if mode == "json":
+            inputs = {"data": json.dumps(_json_many(data, options, dewarp)).encode()}
+        elif mode == "keys":
+            if options or dewarp:
+                raise ValueError("per-request options and dewarp need mode='json'")
+            inputs = dict(zip(input_names(len(data)), data))
+        else:
+            raise ValueError(f"mode must be json or keys for several images, got {mode!r}")
+        req = self.pb.inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input=inputs)
+        resp = self._call(self.inference.Predictions, req, "inference")
+        return _check_results(json.loads(resp.prediction), "OK")
 
     def ping(self) -> dict:
         from google.protobuf import empty_pb2

@@ -40,9 +40,13 @@ def make_client_parser() -> argparse.ArgumentParser:
         if name == "rest":
             q.add_argument("--url", default="http://127.0.0.1:8080", help="inference API (default %(default)s)")
             q.add_argument("--mode", choices=["raw", "multipart", "json"], help="request form (default: raw, "
-                           "json when thresholds or --dewarp are given)")
+                           "json when thresholds or --dewarp are given or --per-request > 1)")
         else:
             q.add_argument("--target", default="127.0.0.1:7070", help="gRPC inference (default %(default)s)")
+            q.add_argument("--keys", action="store_true", help="with --per-request > 1: one input per image "
+                           "(image0, image1, ...) instead of the JSON form")
+        q.add_argument("--per-request", type=int, default=1, metavar="N", help="images per request (default 1); "
+                       "the server answers each image in its place (its limit: handler.max_images_per_request)")
         q.add_argument("--token-file", default="key_file.json",
                        help="TorchServe's key_file.json (default: ./key_file.json; 'none' sends no token)")
         q.add_argument("--model", default="polydet", help="model name (default %(default)s)")
@@ -55,42 +59,78 @@ def make_client_parser() -> argparse.ArgumentParser:
     return p
 
 
-def client_main(argv: list[str] | None = None) -> int:
+def _client_call(args, options: dict):
+    """call(list of image bytes) -> one result per image (a dict, or a ClientError for that image)."""
     from .client import ClientError, GrpcClient, RestClient
 
+    tokens = _tokens(args.token_file)
+    dewarp = bool(args.dewarp)
+    if args.transport == "rest":
+        client = RestClient(args.url, tokens=tokens)
+        one = lambda b: client.predict(b, args.model, args.version, mode=args.mode, options=options,  # noqa: E731
+                                       dewarp=dewarp)
+        many = lambda bs: client.predict_many(bs, args.model, args.version, mode=args.mode or "json",  # noqa: E731
+                                              options=options, dewarp=dewarp)
+    else:
+        client = GrpcClient(args.target, tokens=tokens)
+        one = lambda b: client.predict(b, args.model, args.version, options=options, dewarp=dewarp)  # noqa: E731
+        many = lambda bs: client.predict_many(bs, args.model, args.version,  # noqa: E731
+                                              mode="keys" if args.keys else "json", options=options, dewarp=dewarp)
+
+    def call(chunk: list[bytes]) -> list:
+        try:
+            if args.per_request == 1:
+                return [one(chunk[0])]
+            return [r if "error" not in r else ClientError(r.get("code"), r["error"], r) for r in many(chunk)]
+        except ClientError as e:  # the request was refused whole: every image of it failed so
+            return [e] * len(chunk)
+
+    return call
+
+
+def client_main(argv: list[str] | None = None) -> int:
     parser = make_client_parser()
     args = parser.parse_args(argv)
     options = {k: v for k, v in (("conf", args.conf), ("iou", args.iou), ("max_det", args.max_det)) if v is not None}
     if getattr(args, "mode", None) in ("raw", "multipart") and (options or args.dewarp):
         parser.error("thresholds and --dewarp travel in the JSON request form: drop --mode or use --mode json")
+    if args.per_request < 1:
+        parser.error("--per-request must be at least 1")
+    if args.per_request > 1 and getattr(args, "mode", None) == "raw":
+        parser.error("a raw body carries one image: use --mode json or multipart with --per-request > 1")
+    if getattr(args, "keys", False) and (options or args.dewarp):
+        parser.error("thresholds and --dewarp travel in the JSON request form: drop --keys")
     try:
-        tokens = _tokens(args.token_file)
-        if args.transport == "rest":
-            client = RestClient(args.url, tokens=tokens)
-            call = lambda img: client.predict(img, args.model, args.version, mode=args.mode,  # noqa: E731
-                                              options=options, dewarp=bool(args.dewarp))
-        else:
-            client = GrpcClient(args.target, tokens=tokens)
-            call = lambda img: client.predict(img, args.model, args.version, options=options,  # noqa: E731
-                                              dewarp=bool(args.dewarp))
+        call = _client_call(args, options)
     except PolydetError as e:
         print(f"polydet client: error: {e}", file=sys.stderr)
         return 2
     failed = 0
-    for path in args.images:
+    for start in range(0, len(args.images), args.per_request):
+        paths = args.images[start:start + args.per_request]
         try:
-            result = call(Path(path).read_bytes())
-        except (OSError, ClientError) as e:
-            print(f"{path}: {e}", file=sys.stderr)
-            failed += 1
+            data = [Path(p).read_bytes() for p in paths]
+        except OSError as e:
+            print(f"{', '.join(paths)}: {e}", file=sys.stderr)
+            failed += len(paths)
             continue
-        if args.dewarp and result.get("dewarp"):
-            out = Path(args.dewarp) / f"{Path(path).stem}_dewarp.jpg"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(base64.b64decode(result["dewarp"].pop("jpeg_base64")))
-            result["dewarp"]["file"] = str(out)
-        print(json.dumps({"image": path, **result}))
+        for path, result in zip(paths, call(data)):
+            if isinstance(result, PolydetError):
+                print(f"{path}: {result}", file=sys.stderr)
+                failed += 1
+            else:
+                print(json.dumps({"image": path, **_saved_dewarp(result, path, args.dewarp)}))
     return 1 if failed else 0
+
+
+def _saved_dewarp(result: dict, path: str, outdir: str | None) -> dict:
+    """The dewarped crop written to OUTDIR/<stem>_dewarp.jpg; its base64 replaced by the file's name."""
+    if outdir and result.get("dewarp"):
+        out = Path(outdir) / f"{Path(path).stem}_dewarp.jpg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(base64.b64decode(result["dewarp"].pop("jpeg_base64")))
+        result["dewarp"]["file"] = str(out)
+    return result
 
 
 # -- polydet manage ---------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ from typing import Any, Mapping, Sequence
 
 from ..backends import load_backend
 from ..errors import InvalidInputError, PolydetError, bounded
-from ..pipeline import Detector
+from ..pipeline import Detector, default_preprocessor
 from ..options import DetectOptions
-from ..preprocess import CpuPreprocessor, error_of
+from ..preprocess import error_of, to_rgb
 from ..results import Detections, ImageError, Timings
 from .config import ServiceConfig
 from .parse import (BODY_KEY, JSON_ONLY_KEYS, MAX_JSON_DEPTH, Request, RequestTooLargeError,  # noqa: F401
