@@ -25,7 +25,8 @@ K8S_VERSION = "1.32.0"
 CRD = DEPLOY / "kserve" / "crd" / "serving.kserve.io_inferenceservices.yaml"
 CRD_SHA256 = "57c3bf13f77de94678bf2ae3748056ec071ad2b9e88d6a28f44fb4710758fcff"  # crd/SOURCE.md
 # Keys of the pod's config.properties (configmap.yaml) that may differ from the repository's; the reason
-# for each is in configmap.yaml.
+# for each is in configmap.yaml. Written out here, not imported from make_configmap.py, so that the test is
+# an independent statement of what may differ.
 POD_OVERRIDES = {"model_store": "/opt/polydet/model_store", "token_expiration_min": "525600"}
 
 
@@ -215,7 +216,8 @@ def test_the_pods_torchserve_config_is_the_repositorys_but_for_the_declared_keys
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             pod_props[key] = value
-    assert pod_props == {**read_properties(REPO / "config.properties"), **POD_OVERRIDES}
+    assert pod_props == {**read_properties(REPO / "config.properties"), **POD_OVERRIDES}, \
+        "configmap.yaml is stale: python deploy/k8s/make_configmap.py"
 
 
 # ---- KServe --------------------------------------------------------------------------------------------------
@@ -310,3 +312,62 @@ def test_client_keys_are_read_and_weak_ones_refused(tmp_path):
         f.write_text(bad)
         with pytest.raises(ConfigError):
             read_client_keys(f)
+
+
+# ---- Prometheus rules and the Grafana dashboard -----------------------------------------------------------------
+
+PROM = DEPLOY / "prometheus"
+
+
+def _promtool() -> str:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.skip("promtool is not installed (Debian package prometheus; `make sysdeps` installs it)")
+    return exe
+
+
+def test_promtool_checks_and_unit_tests_the_alert_rules(tmp_path):
+    exe = _promtool()
+    r = subprocess.run([exe, "check", "rules", str(PROM / "alerts.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0 and "SUCCESS: 5 rules found" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([exe, "test", "rules", str(PROM / "alerts_test.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+    # the same checks fail on a broken rule and on a test whose expectation is wrong
+    broken = tmp_path / "alerts.yaml"
+    broken.write_text((PROM / "alerts.yaml").read_text().replace("> 0.01", "> > 0.01"))
+    assert subprocess.run([exe, "check", "rules", str(broken)], capture_output=True).returncode != 0
+    (tmp_path / "alerts.yaml").write_text((PROM / "alerts.yaml").read_text().replace("> 0.01", "> 0.05"))
+    (tmp_path / "alerts_test.yaml").write_text((PROM / "alerts_test.yaml").read_text())
+    r = subprocess.run([exe, "test", "rules", str(tmp_path / "alerts_test.yaml")], capture_output=True, text=True)
+    assert r.returncode != 0 and "PolydetHighErrorRate" in r.stdout + r.stderr
+
+
+def test_promtool_checks_the_scrape_config(tmp_path):
+    exe = _promtool()
+    cfg = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    (job,) = cfg["scrape_configs"]
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    job.pop("kubernetes_sd_configs")  # Debian's promtool is built without Kubernetes discovery
+    job["static_configs"] = [{"targets": ["127.0.0.1:9082"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    shutil.copy(PROM / "alerts.yaml", tmp_path / "alerts.yaml")
+    r = subprocess.run([exe, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    targets = {r["target_label"] for r in job["relabel_configs"] if "target_label" in r}
+    assert {"namespace", "pod"} <= targets  # what the adapter's rules select on
+
+
+def test_the_committed_dashboard_is_the_generators_output(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("polydet_dashboard", DEPLOY / "grafana" / "dashboard.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (DEPLOY / "grafana" / "polydet-dashboard.json").read_text() == gen.render()
+    assert gen.main(["--check"]) == 0
+    stale = tmp_path / "d.json"
+    stale.write_text(gen.render().replace('"Latency"', '"Latency (old)"'))
+    assert gen.main(["--check", "--out", str(stale)]) == 1
+    panels = json.loads(gen.render())["panels"]
+    assert [p["title"] for p in panels] == list(gen.UNITS)
+    assert all(t["expr"] for p in panels for t in p["targets"])
