@@ -118,7 +118,7 @@ class DetectionService:
     def describe(self) -> str:
         d = self.detector
         return (f"{d.backend.path.name} on {d.device}, classes {d.info.names}, imgsz {d.info.imgsz}, "
-                f"NMS {d.nms_backend}{self.warmed}, {self.config}")
+                f"NMS {d.nms_backend}, preprocess {type(d.preprocessor).__name__}{self.warmed}, {self.config}")
 
     def answer(self, requests: Sequence[Mapping[str, Any]]) -> tuple[list[Reply], BatchStats]:
         """One Reply per request, in order; all good images of all requests through the Detector as one batch."""
