@@ -29,12 +29,13 @@ prepare() {
   # torchserve 0.12.0: what the project serves with (pyproject's serve extra); shapely for the naive handler
   [ -n "$(ls .whl/ts/torchserve-*.whl 2>/dev/null)" ] || "$PY" -m pip download -q "${DL[@]}" -d .whl/ts \
     torchserve==0.12.0 torch-model-archiver==0.12.0 enum-compat shapely==2.2.0
-  # nvImageCodec 0.9 (CUDA 13) and the nvJPEG it loads; only the cp312 extension (the device's Python)
+  # nvImageCodec 0.9 (CUDA 13) and the nvJPEG it loads; only the cp312 extension (the device's Python); no
+  # nvidia/__init__.py, so that `nvidia` stays the namespace package torch's CUDA libraries live in
   [ -n "$(ls .whl/nvimg/nvidia_nvimgcodec_cu13-*.whl 2>/dev/null)" ] || "$PY" -m pip download -q "${DL[@]}" \
     --platform manylinux_2_27_x86_64 -d .whl/nvimg nvidia-nvimgcodec-cu13==0.9.0.20 "nvidia-nvjpeg>=13,<14"
   local T; T="$(mktemp -d)"
   (cd "$T" && for w in "$ROOT"/.whl/nvimg/*.whl; do unzip -q -o "$w"; done \
-    && find . -name '*cpython-3*' ! -name '*cpython-312-*' -delete && rm -f nvidia/nvimgcodec/extensions/libopencv_ext* \
+    && find . -name '*cpython-3*' ! -name '*cpython-312-*' -delete && rm -f nvidia/__init__.py && rm -f nvidia/nvimgcodec/extensions/libopencv_ext* \
     && zip -q -r "$ROOT/.whl/bundle/1_nvimgcodec.zip" nvidia)
   rm -rf "$T"; T="$(mktemp -d)"
   # TorchServe's frontend jar without other platforms' native libraries and the web UI's assets (-4 MB)

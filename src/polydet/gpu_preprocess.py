@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from typing import Sequence
 
@@ -120,6 +121,7 @@ class GpuPreprocessor(Preprocessor):
         self.cpu = CpuPreprocessor(info, self.device, dtype, max_pixels, max_decode_bytes)
         self.auto = self.cpu.auto
         self._nv = None
+        self._lock = threading.Lock()  # one decode at a time per preprocessor (nvImageCodec's decoder is shared)
 
     def probe(self) -> "GpuPreprocessor":
         """Decode a tiny JPEG on the device and compare it with PIL's; raises if the decoder cannot run."""
@@ -146,6 +148,10 @@ class GpuPreprocessor(Preprocessor):
         return [self.decode_batch([d])[0] for d in datas]
 
     def _decode(self, datas: list[bytes]) -> list[torch.Tensor]:
+        with self._lock:
+            return self._decode_locked(datas)
+
+    def _decode_locked(self, datas: list[bytes]) -> list[torch.Tensor]:
         torch.cuda.synchronize(self.device)  # PR #9606: no freed block may still be read when decode writes
         if self.decoder == "torchvision":
             from torchvision.io import ImageReadMode, decode_jpeg
