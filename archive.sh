@@ -2,8 +2,10 @@
 # Build TorchServe archives for polydet: a thin wrapper over `polydet archive` (src/polydet/serving/archive.py,
 # which also says what each archive holds). Defaults: model_store/polydet.mar (TorchScript) and
 # model_store/polydet_onnx.mar (ONNX) from the bundled weights; up-to-date archives are kept unless --force.
+# --formats int8: model_store/polydet_int8.mar, ONNX Runtime INT8 (--int8 PATH: `polydet quantize`'s output).
 #
 # Usage: ./archive.sh [--force] [--weights PATH|random] [--artifact PATH] [--store DIR] [--formats "torchscript onnx"]
+#                     [--int8 PATH]
 #                     [--name polydet] [--version 1.0] [--imgsz 224] [--build DIR (build/archive)]
 #        ./archive.sh --help   (every option, with its default)
 # model-config.yaml values may also come from the environment (each is the option of the same name):

@@ -19,10 +19,16 @@ from pathlib import Path
 
 from .. import __version__, assets
 from ..errors import ConfigError, PolydetError
+from ..meta import Precision
 from ..options import DetectOptions
 from .config import ServiceConfig
 
 RANDOM = "random"  # --weights random: a random-weight demo model (its artifact is named *_RANDOM_DEMO)
+
+# --formats entries beyond the export table's rows: name -> (format row, precision, archive suffix).
+# "int8" is `polydet quantize`'s artifact (ONNX Runtime static QDQ, export/int8.py's defaults), or the
+# one `--int8 PATH` names as it is (a quantize run that passed its accuracy report).
+VARIANTS: dict[str, tuple[str, Precision, str]] = {"int8": ("onnx", Precision.INT8, "_int8")}
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,12 @@ class ArchiveJob:
     formats: tuple[str, ...] = ("torchscript", "onnx")
     imgsz: int | None = None
     artifact: Path | None = None  # archive this artifact as it is instead of exporting
+    int8: Path | None = None  # the "int8" format's artifact as `polydet quantize` wrote it (None: quantize here)
     batching: Batching = Batching()
     service: ServiceConfig = SERVED
     force: bool = False
+    # where artifacts are exported and opened: "cuda" for those compiled for a GPU (AOTInductor), fp16 exports
+    device: str = "cpu"
 
 
 def weights_path(weights: str | None) -> str:
@@ -95,7 +104,7 @@ def capped(job: ArchiveJob, artifact: Path, explicit_batch: bool) -> Batching:
     """The batching an artifact can take: a fixed-batch artifact gets batchSize <= its batch."""
     from ..backends import load_backend
 
-    fixed = load_backend(artifact).max_batch
+    fixed = load_backend(artifact, device=job.device).max_batch
     if fixed is None or job.batching.batch_size <= fixed:
         return job.batching
     if explicit_batch:
@@ -138,36 +147,63 @@ def archive_one(job: ArchiveJob, mar_name: str, artifact: Path, explicit_batch: 
 
 def build_archives(job: ArchiveJob, explicit_batch: bool = False) -> list[Path]:
     """Export (unless ``job.artifact``) and archive each format; returns the .mar paths."""
-    from ..export import FORMATS, export
+    from ..export import export
 
     job.store.mkdir(parents=True, exist_ok=True)
     build = job.build / f"{job.name}-{job.version}"
     build.mkdir(parents=True, exist_ok=True)
     handler = assets.path(assets.HANDLER)
+    weights = None
     if job.artifact is not None:
-        items = [(job.name, Path(job.artifact).resolve(), None)]
+        items = [(job.name, Path(job.artifact).resolve(), None, None)]
     else:
-        weights = weights_path(job.weights)
-        stem = f"{job.name}_RANDOM_DEMO" if weights == RANDOM else job.name
-        items = [(job.name + FORMATS[f].archive_suffix, build / f"{stem}{FORMATS[f].suffix}", f) for f in job.formats]
+        weights = weights_path(job.weights) if set(job.formats) - {"int8"} or job.int8 is None else None
+        items = plan(job, weights, build)
     out = []
-    for mar_name, artifact, fmt in items:
+    for mar_name, artifact, fmt, precision in items:
         mar = job.store / f"{mar_name}.mar"
         stamp = build / f"{mar_name}.fingerprint"
         source = artifact if fmt is None else (weights if weights == RANDOM else Path(weights))
-        key = fingerprint(__version__, source, handler, fmt, job.imgsz, job.version, job.batching, job.service,
-                          artifact.name, *(companions(artifact) if fmt is None else ()))
+        key = fingerprint(__version__, source, handler, fmt, precision, job.imgsz, job.version, job.batching,
+                          job.service, artifact.name, *(companions(artifact) if fmt is None else ()))
         if not job.force and mar.is_file() and stamp.is_file() and stamp.read_text() == key:
             print(f"polydet archive: {mar} is up to date (--force rebuilds)")
             out.append(mar)
             continue
         if fmt is not None:
             imgsz = job.imgsz or (224 if weights == RANDOM else None)
-            export(weights, fmt, out=artifact, imgsz=imgsz)
+            export(weights, fmt, out=artifact, imgsz=imgsz, precision=precision, device=job.device)
         out.append(archive_one(job, mar_name, artifact, explicit_batch))
         stamp.write_text(key)
         print(f"polydet archive: wrote {mar} ({mar.stat().st_size / 1e6:.1f} MB, from {source})")
     return out
+
+
+def plan(job: ArchiveJob, weights: str | None, build: Path) -> list[tuple]:
+    """(archive name, artifact path, format to export or None to archive as it is, precision) per format."""
+    from ..export import FORMATS
+
+    stem = f"{job.name}_RANDOM_DEMO" if weights == RANDOM else job.name
+    items = []
+    for f in job.formats:
+        fmt, precision, suffix = VARIANTS.get(f) or (f, Precision.FP32, FORMATS[f].archive_suffix)
+        if f == "int8" and job.int8 is not None:
+            items.append((job.name + suffix, checked_int8(Path(job.int8)), None, None))
+            continue
+        part = "" if precision is Precision.FP32 else f"_{precision.value}"
+        items.append((job.name + suffix, build / f"{stem}{part}{FORMATS[fmt].suffix}", fmt, precision))
+    return items
+
+
+def checked_int8(path: Path) -> Path:
+    """``--int8 PATH``: an INT8 ONNX that says so in its metadata (what `polydet quantize` writes)."""
+    from ..backends import load_backend
+
+    if not path.is_file():
+        raise ConfigError(f"--int8: no such file: {path}")
+    if path.suffix.lower() != ".onnx" or load_backend(path).info.precision is not Precision.INT8:
+        raise ConfigError(f"--int8: {path} is not an INT8 ONNX artifact (`polydet quantize` writes one)")
+    return path.resolve()
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -180,7 +216,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=Path("model_store"), help="model store (default ./model_store)")
     p.add_argument("--build", type=Path, default=Path("build/archive"), help="work folder (default ./build/archive)")
     p.add_argument("--formats", default=" ".join(ArchiveJob.formats), help=f"formats to export, space- or comma-separated "
-                   f"(default \"%(default)s\"; known: {', '.join(FORMATS)})")
+                   f"(default \"%(default)s\"; known: {', '.join([*FORMATS, *VARIANTS])}; int8: ONNX Runtime INT8, "
+                   "polydet_int8.mar)")
+    p.add_argument("--int8", type=Path, help="the int8 archive's artifact: an INT8 ONNX from `polydet quantize` "
+                   "(default: quantized here with its defaults)")
     p.add_argument("--name", default="polydet")
     p.add_argument("--version", default="1.0")
     p.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's)")
@@ -214,9 +253,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     formats = tuple(f for f in args.formats.replace(",", " ").split() if f)
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in FORMATS and f not in VARIANTS]
     if unknown:
-        print(f"polydet archive: unknown format(s) {unknown}; known: {', '.join(FORMATS)}", file=sys.stderr)
+        print(f"polydet archive: unknown format(s) {unknown}; known: {', '.join([*FORMATS, *VARIANTS])}",
+              file=sys.stderr)
+        return 2
+    if args.int8 is not None and "int8" not in formats:
+        print("polydet archive: --int8 is the int8 archive's artifact: add int8 to --formats", file=sys.stderr)
         return 2
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Batching) if getattr(args, f.name) is not None}
     try:
@@ -226,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "max_pixels": args.max_pixels, "max_decode_bytes": args.max_decode_bytes,
                                               "torch_threads": args.torch_threads})
         job = ArchiveJob(args.store.resolve(), args.build.resolve(), args.name, args.version, args.weights, formats,
-                         args.imgsz, args.artifact, Batching(**given), service, args.force)
+                         args.imgsz, args.artifact, args.int8, Batching(**given), service, args.force)
         build_archives(job, explicit_batch="batch_size" in given)
     except PolydetError as e:
         print(f"polydet archive: error: {e}", file=sys.stderr)
