@@ -46,11 +46,20 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-growth", type=float, default=0.10, help="allowed RSS growth after warm-up (0.10)")
     p.add_argument("--json-out", type=Path, default=None, help="write the result as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the run folder (logs) instead of deleting it")
+    p.add_argument("--duration", type=float, default=None,
+                   help="run for this many seconds instead (--requests is then a maximum); RSS sampled every 2 s")
+    p.add_argument("--proxy", action="store_true", help="send the traffic through polydet's nginx front (needs nginx)")
+    p.add_argument("--probes", action="store_true",
+                   help="mix in issue 17's attacks: small-file bombs among the requests, and (with --proxy) rounds of "
+                        "slow-body connections from 127.0.0.2 that declare 16 MiB, send 15 and stall")
     return p
 
 
-def _payloads() -> list[tuple[str, dict, int]]:
-    """(name, requests kwargs, expected status): one round of the traffic mix."""
+def _payloads(probes: bool = False) -> list[tuple[str, dict, int | tuple[int, ...]]]:
+    """(name, requests kwargs, expected status or statuses): one round of the traffic mix. With ``probes``,
+    the small-file bombs of issue 17.4: a 47 KB PNG of 7000x7000 (413: over the decode budget, or the pixel
+    cap of a test archive) and a JPEG whose header declares 7000x7000 over a 480x360 scan (400 corrupt, or
+    413 from the header under a smaller pixel cap)."""
     import cv2
     import numpy as np
 
@@ -74,7 +83,16 @@ def _payloads() -> list[tuple[str, dict, int]]:
         ("raw 1280x960", {"data": big, "headers": OCTET}, 200),
         ("json dewarp", {"json": {"image": b64, "dewarp": True}}, 200),
         ("garbage", {"data": b"not an image" * 10, "headers": OCTET}, 400),
-    ]
+    ] + (_bombs() if probes else [])
+
+
+def _bombs() -> list[tuple[str, dict, tuple[int, ...]]]:
+    sys.path.insert(0, str(REPO / "tests" / "reliability"))  # the corpus' own builders (bad_inputs.py)
+    from bad_inputs import jpeg, jpeg_declaring, page, png_bomb
+
+    return [("png bomb 7000x7000", {"data": png_bomb(), "headers": OCTET}, (413,)),
+            ("jpeg declaring 7000x7000", {"data": jpeg_declaring(jpeg(page()), 7000, 7000), "headers": OCTET},
+             (400, 413))]
 
 
 def _build_store(run_dir: Path) -> Path:
@@ -141,24 +159,27 @@ def _median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def _drive(keys: _Keys, url: str, payloads, n: int, warmup: int, concurrency: int, rss):
-    """Send ``n`` requests of the ``payloads`` mix from ``concurrency`` threads; sample ``rss()`` (the
-    workers' and the Java frontend's RSS) every ``(n - warmup) / 200`` answers from ``warmup`` on, and
-    at the end. Returns ``(samples, latencies, failures, seconds)``: samples ``(answered, seconds,
-    workers' RSS, Java RSS)``, failures ``{"payload: status": count}``."""
+def _drive(keys: _Keys, url: str, payloads, n: int, warmup: int, concurrency: int, rss, duration: float | None = None):
+    """Send ``n`` requests of the ``payloads`` mix from ``concurrency`` threads (or as many as fit in
+    ``duration`` seconds); sample ``rss()`` (the workers' and the Java frontend's RSS) from ``warmup``
+    answers on: every ``(n - warmup)/200`` answers, or every 2 s with a ``duration``; and at the end. Returns
+    ``(samples, latencies, failures, seconds)``: samples ``(answered, seconds, workers' RSS, Java RSS)``,
+    failures ``{"payload: status": count}``."""
     import requests
 
     lock = threading.Lock()
     state = {"next": 0, "done": 0}
     latencies: list[float] = []
     failures: dict[str, int] = {}
+    t_start = time.perf_counter()
+    end = t_start + duration if duration else float("inf")
 
     def client():
         s = requests.Session()
         while True:
             with lock:
                 i = state["next"]
-                if i >= n:
+                if i >= n or time.perf_counter() >= end:
                     return
                 state["next"] += 1
             name, kw, want = payloads[i % len(payloads)]
@@ -171,27 +192,33 @@ def _drive(keys: _Keys, url: str, payloads, n: int, warmup: int, concurrency: in
             with lock:
                 state["done"] += 1
                 latencies.append(dt)
-                if got != want:
+                if got not in (want if isinstance(want, tuple) else (want,)):
                     label = f"{name}: {got}"
                     failures[label] = failures.get(label, 0) + 1
 
-    step = max(5, (n - warmup) // 200)
-    samples: list[tuple[int, float, int, int]] = []
     threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    t_start = time.perf_counter()
     for t in threads:
         t.start()
-    next_sample = warmup
-    while any(t.is_alive() for t in threads):
-        done = state["done"]
-        if done >= next_sample:
-            samples.append((done, time.perf_counter() - t_start, *rss()))
-            while next_sample <= done:  # answers arrive a batch at a time: keep the grid fixed
-                next_sample += step
-        time.sleep(0.01)
+    samples = _sample_while(threads, state, t_start, rss, warmup, max(5, (n - warmup) // 200), 2.0 if duration else None)
     elapsed = time.perf_counter() - t_start
     samples.append((state["done"], elapsed, *rss()))
     return samples, latencies, failures, elapsed
+
+
+def _sample_while(threads, state, t_start: float, rss, warmup: int, step: int, every_s: float | None) -> list:
+    samples: list[tuple[int, float, int, int]] = []
+    next_sample, next_time = warmup, 0.0
+    while any(t.is_alive() for t in threads):
+        done, now = state["done"], time.perf_counter()
+        if every_s and done >= warmup and now >= next_time:
+            samples.append((done, now - t_start, *rss()))
+            next_time = now + every_s
+        elif not every_s and done >= next_sample:
+            samples.append((done, now - t_start, *rss()))
+            while next_sample <= done:  # answers arrive a batch at a time: keep the grid fixed
+                next_sample += step
+        time.sleep(0.01)
+    return samples
 
 
 def _memory(out: dict, samples: list[tuple[int, float, int, int]]) -> None:
@@ -207,19 +234,27 @@ def _memory(out: dict, samples: list[tuple[int, float, int, int]]) -> None:
         out[name] = {"baseline_mib": round(base / mib, 1), "final_mib": round(final / mib, 1),
                      "peak_mib": round(peak / mib, 1), "growth": round(g, 4)}
     out["rss_trace_mib"] = [[d, round(t, 1), round(w / mib, 1), round(j / mib, 1)] for d, t, w, j in samples[::10]]
+    probes = out.get("slow_body_probes")
     out["ok"] = (not out["failures"] and not out["worker_restarted"] and out["worker"]["growth"] < out["max_growth"]
-                 and out["java"]["growth"] < out["max_growth"])
+                 and out["java"]["growth"] < out["max_growth"] and out["java"]["peak_mib"] <= out["java_budget_mib"]
+                 # every stalled connection was ended by nginx (401/503/closed), none left open
+                 and (probes is None or (probes["rounds"] > 0 and "open" not in probes["ended"])))
+
+
+# The Java frontend's documented memory budget (RELIABILITY.md "Java RSS and G1": -Xmx1g, ~1.3 GB to be safe).
+JAVA_BUDGET_MIB = 1300
 
 
 def run_soak(store: Path, config: Path, run_dir: Path, n: int, warmup: int, concurrency: int,
-             max_growth: float) -> dict:
+             max_growth: float, duration: float | None = None, proxy: bool = False, probes: bool = False) -> dict:
     import psutil
 
     from polydet.serving.server import Ports, TorchServe
 
-    payloads = _payloads()
+    payloads = _payloads(probes)
     ts = TorchServe(run_dir / "ts", config, ports=Ports.free(), model_store=store, models="polydet.mar")
     ts.start()
+    front, prober = None, None
     try:
         ready_s = ts.wait_ready("polydet", timeout=240)
         keys = _Keys(ts)
@@ -229,20 +264,44 @@ def run_soak(store: Path, config: Path, run_dir: Path, n: int, warmup: int, conc
         def rss() -> tuple[int, int]:
             return sum(w.memory_info().rss for w in workers), java.memory_info().rss
 
-        url = f"{ts.inference_url}/predictions/polydet"
-        samples, latencies, failures, elapsed = _drive(keys, url, payloads, n, warmup, concurrency, rss)
+        url, front, prober = _front(ts, run_dir, proxy, probes)
+        samples, latencies, failures, elapsed = _drive(keys, url, payloads, n, warmup, concurrency, rss, duration)
         restarted = _worker_pids(ts, keys) != worker_pids
     finally:
+        if prober is not None:
+            prober.stop()
+        if front is not None:
+            front.stop()
         ts.stop()
     lat = sorted(latencies)
-    out = {"requests": n, "warmup": warmup, "concurrency": concurrency, "ready_seconds": round(ready_s, 1),
-           "seconds": round(elapsed, 1), "req_per_s": round(n / elapsed, 1),
+    out = {"requests": len(lat), "warmup": warmup, "concurrency": concurrency, "ready_seconds": round(ready_s, 1),
+           "seconds": round(elapsed, 1), "req_per_s": round(len(lat) / elapsed, 1), "proxy": proxy, "probes": probes,
            "latency_ms": {"p50": round(lat[len(lat) // 2] * 1e3, 1), "p99": round(lat[int(len(lat) * 0.99)] * 1e3, 1),
                           "max": round(lat[-1] * 1e3, 1)},
            "failures": failures, "key_renewals": keys.renewals, "workers": len(worker_pids), "worker_restarted": restarted,
-           "samples": len(samples), "max_growth": max_growth}
+           "samples": len(samples), "max_growth": max_growth, "java_budget_mib": JAVA_BUDGET_MIB}
+    if prober is not None:
+        out["slow_body_probes"] = {"rounds": prober.rounds, "ended": prober.statuses, "errors": prober.errors[:5]}
     _memory(out, samples)
     return out
+
+
+def _front(ts, run_dir: Path, proxy: bool, probes: bool):
+    """(url, nginx front or None, slow-body prober or None) for the traffic of a run."""
+    if not proxy:
+        return f"{ts.inference_url}/predictions/polydet", None, None
+    sys.path.insert(0, str(REPO / "tests" / "reliability"))
+    from probes import SlowBodyProber
+
+    from polydet.serving.proxy import Proxy, free_port
+
+    front = Proxy(run_dir / "nginx", ts.inference_url.removeprefix("http://"), free_port(),
+                  max_body=int(ts.properties["max_request_size"])).start()
+    prober = None
+    if probes:
+        prober = SlowBodyProber(front.port, ts.tokens.inference)
+        prober.start()
+    return f"{front.url}/predictions/polydet", front, prober
 
 
 def main(argv=None) -> int:
@@ -257,7 +316,7 @@ def main(argv=None) -> int:
         if not (store / "polydet.mar").is_file():
             raise SystemExit(f"{store}/polydet.mar not found: run ./archive.sh (or omit --model-store)")
         res = run_soak(store, args.config.resolve(), run_dir, args.requests, args.warmup, args.concurrency,
-                       args.max_growth)
+                       args.max_growth, args.duration, args.proxy, args.probes)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if args.keep:
@@ -274,6 +333,8 @@ def main(argv=None) -> int:
     for name, r in ((f"python workers ({res['workers']})", w), ("java frontend", j)):
         print(f"{name:18s} RSS after warm-up {r['baseline_mib']} MiB -> {r['final_mib']} MiB "
               f"(peak {r['peak_mib']} MiB): {r['growth'] * 100:+.1f} % (limit {res['max_growth'] * 100:.0f} %)")
+    if "slow_body_probes" in res:
+        print(f"slow-body probes: {res['slow_body_probes']}")
     print("OK" if res["ok"] else "FAILED")
     return 0 if res["ok"] else 1
 

@@ -4,13 +4,13 @@ shows the hole the proxy closes (issue 17, items 2 and 3)."""
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 
 import pytest
 import requests
 from bad_inputs import OCTET, jpeg, page
+from probes import MIB, answers, stall
 from reliability_helpers import Traffic, start_server, wait_workers
 from serving_helpers import auth
 
@@ -23,9 +23,6 @@ from polydet.serving.proxy import (
     nginx_binary,
 )
 
-MIB = 1 << 20
-DECLARED = 16 * MIB  # each probe connection declares a body of max_request_size ...
-SENT = 15 * MIB  # ... sends 15 MiB of it and stalls (1 MiB sent grew TorchServe's RSS by only ~0.6 MiB each)
 # The frontend's RSS may grow by at most this while 40 such connections stall at the proxy: nothing reaches
 # TorchServe, so what remains is the noise of an idle JVM (measured: RELIABILITY.md). The control straight at
 # TorchServe grows by more than this with 20 connections.
@@ -55,44 +52,6 @@ def rss_mib(pid: int) -> float:
     import psutil
 
     return psutil.Process(pid).memory_info().rss / MIB
-
-
-def stall(port: int, n: int, token: str | None = None) -> list[socket.socket]:
-    """``n`` connections that each declare DECLARED bytes, send SENT of them and stop sending."""
-    head = (f"POST /predictions/polydet HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {DECLARED}\r\n" + (f"Authorization: Bearer {token}\r\n" if token else "") + "\r\n")
-    chunk = b"\0" * SENT
-    socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        try:
-            s.sendall(head.encode() + chunk)
-        except OSError:  # the server answered and closed (401, 503) while we were sending
-            pass
-        socks.append(s)
-    return socks
-
-
-def answers(socks: list[socket.socket], within: float) -> list[tuple[str, float]]:
-    """Each connection's status code ("" when closed without one, "open" if still open) and when it ended."""
-    t0, out = time.monotonic(), []
-    for s in socks:
-        data, status = b"", "open"
-        while True:
-            s.settimeout(max(0.01, t0 + within - time.monotonic()))
-            try:
-                got = s.recv(65536)
-            except TimeoutError:
-                break
-            except OSError:
-                got = b""
-            if not got:
-                status = data[9:12].decode() if data.startswith(b"HTTP/1.1 ") else ""
-                break
-            data += got
-        out.append((status, time.monotonic() - t0))
-        s.close()
-    return out
 
 
 def probe(ts, port: int, n: int, token: str | None, hold_s: float = 4.0) -> tuple[float, float, list]:
