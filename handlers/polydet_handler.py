@@ -1,15 +1,18 @@
 """TorchServe glue over polydet.serving.service.DetectionService: the archive builds the service; each
 reply becomes a per-request status, content type and JSON body (the error is in the body too: gRPC
-ignores statuses); the batch's numbers become metrics. TorchServe wants exactly one class here."""
+ignores statuses); the batch's numbers become metrics. Open Inference Protocol requests, the kservev2
+envelope and the management API's describe are told apart and answered by polydet.serving.oip_torchserve.
+TorchServe wants exactly one class here."""
 
-import json
 import logging
 import os
 import time
 
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
+from ts.utils.util import PredictionException
 
+from polydet.serving import oip_torchserve
 from polydet.serving.service import METRICS, DetectionService
 
 log = logging.getLogger(__name__)
@@ -31,14 +34,17 @@ class PolydetHandler:
 
     def handle(self, data, context):
         t0 = time.perf_counter()
-        replies, stats = self.service.answer(data)
-        for i, reply in enumerate(replies):
-            if reply.status != 200:
-                context.set_response_status(reply.status, reply.body["error"][:200], idx=i)
+        answers, stats = oip_torchserve.answer(self.service, data, context)
+        for i, a in enumerate(answers):
+            if a.status != 200:
+                context.set_response_status(a.status, a.reason[:200], idx=i)
             context.set_response_content_type(i, "application/json")
         if context.metrics is not None and self.service.config.metrics:  # ts's MockContext has none
             self._record(context, stats, (time.perf_counter() - t0) * 1e3)
-        return [json.dumps(r.body, separators=(",", ":")) for r in replies]
+        error = oip_torchserve.batch_error(answers)
+        if error:  # the only way TorchServe's OIP gRPC answers an error (GRPCJob ignores per-request ones)
+            raise PredictionException(error.reason, error.status)
+        return [a.body for a in answers]
 
     @staticmethod
     def _record(context, stats, handler_ms):
@@ -50,6 +56,8 @@ class PolydetHandler:
         stages = ("preprocess", "inference", "postprocess") if stats.images else ()
         for key, ms in {"handler": handler_ms, **{k: getattr(stats.timings, k) for k in stages}}.items():
             context.metrics.add_time(METRICS[key], round(ms, 3), None, "ms", dims())
+        # The same handler time as a histogram, in seconds (metrics.yaml: p50/p99 on the dashboard and alerts).
+        context.metrics.add_metric("PolydetHandlerSeconds", handler_ms / 1e3, "s", None, dims(), MetricTypes.HISTOGRAM)
         for key, value in {"batch": stats.batch, "detections": stats.detections}.items():
             if value is not None:
                 context.metrics.add_metric(METRICS[key], value, "count", None, dims(), MetricTypes.GAUGE)
