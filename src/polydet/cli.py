@@ -65,8 +65,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output path (default: <weights stem>_<imgsz>[_fp16].<format suffix>)")
     p.add_argument("--imgsz", type=int, help="square input size (default: the checkpoint's, else 224)")
     p.add_argument("--precision", choices=[q.value for q in Precision],
-                   help="artifact precision (default fp32; each format supports some: `polydet.export.FORMATS`; "
-                        "fp16 needs --device cuda where the artifact takes fp16 input)")
+                   help="artifact precision (default: the format's first, fp32 (rknn: fp16); each format supports "
+                        "some: `polydet.export.FORMATS`; fp16 needs --device cuda where the artifact takes fp16 input)")
     p.add_argument("--half", action="store_true", help="deprecated: --precision fp16")
     p.add_argument("--passes", type=lambda s: tuple(filter(None, s.split(","))), default=(),
                    help=f"comma-separated graph passes, run in order (known: {', '.join(PASSES) or 'none yet'})")
@@ -137,7 +137,7 @@ def _export(args) -> int:
     from .export import export
 
     names = args.names.split(",") if args.names else None
-    precision = args.precision or "fp32"
+    precision = args.precision  # None: the format's default (its first precision: polydet.export.FORMATS)
     if args.half:
         print("polydet export: --half is deprecated, use --precision fp16", file=sys.stderr)
         if args.precision not in (None, "fp16"):

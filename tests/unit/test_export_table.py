@@ -38,11 +38,13 @@ def test_rows_agree_with_the_backends():
         assert backend_class(Path("m" + row.suffix)).__module__ == f"polydet.backends.{row.backend}"
         assert callable(resolve(row.exporter))
         assert set(row.passes) <= set(PASSES)
-        assert Precision.FP32 in row.precisions and set(row.precisions) <= set(Precision)
+        # the first is the default: fp32 wherever the runtime has it (an RK3588 NPU has none)
+        assert row.precisions[0] is (Precision.FP32 if name != "rknn" else Precision.FP16)
+        assert set(row.precisions) <= set(Precision)
     fp32, fp16, int8 = Precision.FP32, Precision.FP16, Precision.INT8
     offered = {"torchscript": (fp32, fp16), "onnx": (fp32, fp16, int8), "tensorrt": (fp32, fp16, int8),
                "openvino": (fp32, fp16, int8), "ncnn": (fp32, fp16), "mnn": (fp32,),
-               "aoti": (fp32, fp16)}  # MNN fp16: see its row
+               "aoti": (fp32, fp16), "rknn": (fp16, int8)}  # MNN fp16: see its row
     assert {n: f.precisions for n, f in FORMATS.items()} == {n: offered[n] for n in FORMATS}
     with pytest.raises(dataclasses.FrozenInstanceError):
         FORMATS["onnx"].suffix = ".x"

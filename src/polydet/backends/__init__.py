@@ -11,7 +11,7 @@ from .base import Backend
 
 # Asked in this order: the first backend that accepts a path opens it (".pt" is TorchScript when the
 # zip holds code/, else a torch.save checkpoint for the eager backend).
-MODULES = ("torchscript", "onnxruntime", "tensorrt", "openvino", "ncnn", "mnn", "aoti", "eager")
+MODULES = ("torchscript", "onnxruntime", "tensorrt", "openvino", "ncnn", "mnn", "aoti", "rknn", "eager")
 
 
 def backend_classes() -> list[type[Backend]]:

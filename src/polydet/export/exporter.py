@@ -20,11 +20,12 @@ from .verify import verify_artifact, verify_metadata
 
 
 def export(weights: str, fmt: str, out: str | Path | None = None, imgsz: int | None = None,
-           precision: Precision | str = Precision.FP32, dynamic: bool = False, opset: int = 17,
+           precision: Precision | str | None = None, dynamic: bool = False, opset: int = 17,
            device: str = "cpu", cfg: str | None = None, names=None, verify: bool = True, seed: int = 0,
            passes=(), quant=None) -> tuple[Path, dict]:
     """Export and verify. Returns (artifact path, max abs differences vs eager; {} without ``verify``).
 
+    ``precision``: None is the format's first (fp32, or fp16 where the runtime has no fp32: rknn).
     ``out`` defaults to ``<weights stem>_<imgsz>[_<precision>]<suffix>`` (no precision part for fp32);
     ``passes``: names in ``PASSES`` that the format runs, applied in this order and recorded in the
     artifact's ModelInfo. ``quant``: an ``export.int8.QuantConfig`` for ``precision="int8"`` (None: defaults).
@@ -60,6 +61,7 @@ def check_request(fmt: str, precision, passes, device) -> tuple[ExportFormat, Pr
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}: {', '.join(FORMATS)}")
     row = FORMATS[fmt]
+    precision = row.precisions[0] if precision is None else precision
     try:
         precision = Precision(precision)
     except ValueError as e:

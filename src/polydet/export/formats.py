@@ -53,6 +53,10 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     # TF32 on CUDA (fp32), as the TorchScript trace's
     ExportFormat("aoti", ".pt2", ".aoti:export_aoti", "aoti", (Precision.FP32, Precision.FP16),
                  archive_suffix="_aoti", cuda_tf32=True),
+    # RKNN for the RK3588 NPU, built by rknn-toolkit2 in its own venv from the split-output ONNX (no fp32 on the
+    # NPU: fp16 computes in fp16 on float32 input); .split.onnx: what the PC simulator rebuilds from
+    ExportFormat("rknn", ".rknn", ".rknn:export_rknn", "rknn", (Precision.FP16, Precision.INT8),
+                 archive_suffix="_rknn", companions=(".json", ".split.onnx"), fp16_input=False),
 )}
 
 # Graph passes: name -> "module:function", called as function(path: Path, info: ModelInfo) -> None after
