@@ -11,6 +11,7 @@ import pytest
 from polydet.errors import InvalidInputError
 from polydet.results import Detections, ImageError
 from polydet.serving import oip
+from polydet.serving.service import DetectionService
 
 NAMES = ("page", "photo")
 
@@ -183,3 +184,90 @@ def test_decode_inputs_enforces_the_request_limits():
         with pytest.raises(oip.RequestTooLargeError) as e:
             oip.decode_inputs({"images": [b"ab", b"cd"]}, **kw)
         assert str(e.value) == reason and e.value.http_status == 413
+
+
+# -- TorchServe's side (polydet.serving.oip_torchserve): the parts that need no server ---------------------
+
+def test_tensors_of_checks_names_shapes_and_data():
+    from polydet.serving.oip_torchserve import tensors_of
+
+    t = {"name": "images", "shape": [2], "datatype": "BYTES", "data": ["YQ==", "Yg=="]}
+    assert tensors_of([t]) == ({"images": ["YQ==", "Yg=="]}, {"images": "BYTES"})
+    one = {**t, "shape": [1], "data": "YQ=="}  # how the kservev2 envelope hands a BYTES tensor over
+    assert tensors_of([one], take_first=True) == ({"images": ["YQ=="]}, {"images": "BYTES"})
+    for inputs, reason in (
+            ({"images": 1}, "\"inputs\" must be a list of tensors, got {'images': 1}"),
+            ([t, t], "input names must be unique strings, got 'images'"),
+            ([{**t, "shape": "2"}], "input 'images': shape must be a list of integers, got '2'"),
+            ([{**t, "shape": [3]}], "input 'images': shape [3] does not match its ['YQ==', 'Yg=='] data")):
+        with pytest.raises(InvalidInputError) as e:
+            tensors_of(inputs)
+        assert str(e.value) == reason
+    with pytest.raises(InvalidInputError, match="kservev2 envelope passes on only the first element"):
+        tensors_of([{**one, "shape": [2]}], take_first=True)
+
+
+def test_response_body_has_every_field_torchserve_s_grpcjob_reads():
+    from polydet.serving.oip_torchserve import response_body
+
+    a = dets([QUAD_A, QUAD_B], [0.9, 0.4], [0, 1])
+    results = [a, ImageError(400, "cannot decode image")]
+    body = json.loads(response_body({"id": "x7"}, "polydet", "1.0", results))
+    assert list(body) == ["id", "model_name", "model_version", "outputs"]
+    assert (body["id"], body["model_name"], body["model_version"]) == ("x7", "polydet", "1.0")
+    assert [o["name"] for o in body["outputs"]] == list(oip.OUTPUT_NAMES)
+    want = oip.encode_outputs(results)
+    for o in body["outputs"]:
+        assert set(o) == {"name", "datatype", "shape", "data"} and o["datatype"] == oip.SPECS[o["name"]].datatype
+        assert o["shape"] == list(want[o["name"]].shape) and len(o["data"]) == want[o["name"]].size
+    by = {o["name"]: o["data"] for o in body["outputs"]}
+    assert by["results"] == [a.to_dict(), {"error": "cannot decode image", "code": 400}]  # objects, not strings
+    assert np.array(by["polygons"], np.float32).tolist() == want["polygons"].reshape(-1).tolist()  # float32 exact
+    assert json.loads(response_body({"id": 5}, "m", "", results))["id"] == ""
+
+
+def test_batch_error_only_for_a_batch_of_identical_whole_request_failures():
+    from polydet.serving.oip_torchserve import Answer, batch_error
+
+    e1, e2 = ImageError(400, "conf must be a number"), ImageError(413, "17 images")
+    failed = Answer(400, "{}", e1.reason, e1)
+    assert batch_error([failed]) == e1 and batch_error([failed, Answer(400, "{}", e1.reason, e1)]) == e1
+    assert batch_error([failed, Answer(413, "{}", e2.reason, e2)]) is None
+    assert batch_error([failed, Answer(200, "{}")]) is None  # batched with a success: answered in place
+    assert batch_error([Answer(400, "{}", "REST error")]) is None and batch_error([]) is None
+
+
+def test_answer_tells_describe_oip_and_rest_apart_in_one_batch():
+    """A real ts Context and a service over a backend with a known answer; TorchServe's OIP frontend sends
+    the ModelInfer as JSON bytes with base64 BYTES, the management API's describe as a header."""
+    import cv2
+
+    pytest.importorskip("ts", reason="torchserve is not installed")
+    from test_handler_unit import QuadBackend
+    from ts.context import Context, RequestProcessor
+
+    from polydet.pipeline import Detector
+    from polydet.serving.oip_torchserve import answer
+
+    quad = [[20, 30], [200, 40], [190, 200], [30, 190]]
+    png = cv2.imencode(".png", np.zeros((448, 448, 3), np.uint8))[1].tobytes()
+    service = DetectionService(Detector(QuadBackend(quad)))
+    ctx = Context("polydet", "/nonexistent", {"model": {"modelName": "polydet", "modelVersion": "2.0"}}, 4, None,
+                  "0.12.0")
+    ctx.request_processor = [RequestProcessor({"describe": "True"}), RequestProcessor({}), RequestProcessor({}),
+                             RequestProcessor({})]
+    b64 = base64.b64encode(png).decode()
+    oip_body = json.dumps({"id": "q", "model_name": "polydet", "inputs": [
+        {"name": "images", "shape": [2], "datatype": "BYTES", "data": [b64, base64.b64encode(b"junk").decode()]},
+        {"name": "options", "shape": [1], "datatype": "BYTES",
+         "data": [base64.b64encode(b'{"max_det": 1}').decode()]}]}).encode()
+    data = [{}, {"body": bytearray(oip_body)}, {"body": png}, {"body": json.dumps({"image": b64}).encode()}]
+    answers, stats = answer(service, data, ctx)
+    assert [a.status for a in answers] == [200, 200, 200, 200] and stats.batch == 4
+    assert json.loads(answers[0].body) == oip.model_metadata("polydet", ["2.0"])
+    body = json.loads(answers[1].body)
+    by = {o["name"]: o["data"] for o in body["outputs"]}
+    assert (body["id"], body["model_version"], by["counts"], by["status"]) == ("q", "2.0", [1, 0], [200, 400])
+    rest = [json.loads(a.body) for a in answers[2:]]
+    assert rest[0] == rest[1] == by["results"][0]  # raw bytes and REST JSON: the same answer as the OIP image
+    np.testing.assert_allclose(np.array(by["polygons"]).reshape(4, 2), np.array(quad) * 2, atol=1e-3)
