@@ -214,7 +214,7 @@ def measure(ts, archive, name, settings, clients, seconds, per_request, procs, p
     return rows
 
 
-SWEEP = [(4, 16, 5, 8), (8, 16, 5, 8), (4, 32, 5, 16), (2, 64, 10, 16), (8, 8, 2, 4)]  # workers, batch, delay, n
+SWEEP = [(4, 16, 5, 8), (8, 16, 5, 8), (4, 32, 5, 16)]  # workers, batch, delay, images per request
 COLS = ["row", "model", "layout", "clients", "per_request", "img_per_s", "req_per_s", "p50_ms", "p99_ms", "failures",
         "frontend_latency_ms", "queue_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
         "PolydetPostprocessMs_avg", "PolydetBatchSize_avg", "gpu_mib_per_worker", "cpu_frontend_ms_per_req",
@@ -223,6 +223,7 @@ COLS = ["row", "model", "layout", "clients", "per_request", "img_per_s", "req_pe
 
 def serve_bench(args) -> list[dict]:
     from polydet.bench.serve import ServeSettings, served
+    from polydet.serving.client import RestClient
 
     root = Path(args.work)
     pool = root / "pool.json"
@@ -235,6 +236,7 @@ def serve_bench(args) -> list[dict]:
     rows: list[dict] = []
     save = lambda: Path(args.out).write_text(json.dumps(rows, indent=1))  # noqa: E731
     with served(store, mk(1, 1, 1), properties={"vmargs": vm}) as ts:
+        RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens, timeout=300).unregister("polydet")
         best = (4, 16, 5, 8)
         if args.sweep:
             scored = []

