@@ -28,7 +28,9 @@ RANDOM = "random"  # --weights random: a random-weight demo model (its artifact 
 # --formats entries beyond the export table's rows: name -> (format row, precision, archive suffix).
 # "int8" is `polydet quantize`'s artifact (ONNX Runtime static QDQ, export/int8.py's defaults), or the
 # one `--int8 PATH` names as it is (a quantize run that passed its accuracy report).
-VARIANTS: dict[str, tuple[str, Precision, str]] = {"int8": ("onnx", Precision.INT8, "_int8")}
+VARIANTS: dict[str, tuple[str, Precision, str]] = {"int8": ("onnx", Precision.INT8, "_int8"),
+                                                    # AOTInductor fp16: compiled on the GPU (--gpu)
+                                                    "aoti_fp16": ("aoti", Precision.FP16, "_aoti_fp16")}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class Batching:
 
 
 SERVED = ServiceConfig(torch_threads=1)  # one torch thread per worker: the workers are the parallelism
+
+
+# `polydet archive --gpu`: what is exported (on the GPU) and how TorchServe batches, from the sweep of
+# scripts/gpu_serving_bench.sh (BENCHMARKS.md, "GPU serving"). GPU decode is ServiceConfig's default.
+GPU_FORMATS = ("aoti_fp16",)
+GPU_BATCHING = Batching(min_workers=4, max_workers=4, batch_size=16, max_batch_delay=5)
 
 
 def model_config(batching: Batching, service: ServiceConfig) -> str:
@@ -224,6 +232,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="1.0")
     p.add_argument("--imgsz", type=int, help="input size (default: the checkpoint's)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument("--gpu", action="store_true", help="for CUDA workers: export on the GPU (cuda), formats "
+                   f"{' '.join(GPU_FORMATS)} unless --formats says, batching {GPU_BATCHING} unless its options say")
     g = p.add_argument_group("model-config.yaml: TorchServe")
     for flag, field, help_ in (("--batch-size", "batch_size", ""), ("--max-batch-delay", "max_batch_delay", "ms"),
                                ("--min-workers", "min_workers", ""), ("--max-workers", "max_workers", ""),
@@ -252,6 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     from ..export import FORMATS
 
     args = make_parser().parse_args(argv)
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("polydet archive: error: --gpu compiles for this machine's GPU and there is none (CUDA is not "
+                  "available); run it on the serving host", file=sys.stderr)
+            return 2
+        if args.formats == " ".join(ArchiveJob.formats):
+            args.formats = " ".join(GPU_FORMATS)
     formats = tuple(f for f in args.formats.replace(",", " ").split() if f)
     unknown = [f for f in formats if f not in FORMATS and f not in VARIANTS]
     if unknown:
@@ -269,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                                               "max_pixels": args.max_pixels, "max_decode_bytes": args.max_decode_bytes,
                                               "torch_threads": args.torch_threads})
         job = ArchiveJob(args.store.resolve(), args.build.resolve(), args.name, args.version, args.weights, formats,
-                         args.imgsz, args.artifact, args.int8, Batching(**given), service, args.force)
+                         args.imgsz, args.artifact, args.int8,
+                         dataclasses.replace(GPU_BATCHING if args.gpu else Batching(), **given), service, args.force,
+                         device="cuda" if args.gpu else "cpu")
         build_archives(job, explicit_batch="batch_size" in given)
     except PolydetError as e:
         print(f"polydet archive: error: {e}", file=sys.stderr)
