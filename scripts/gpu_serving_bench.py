@@ -214,7 +214,7 @@ def measure(ts, archive, name, settings, clients, seconds, per_request, procs, p
     return rows
 
 
-SWEEP = [(4, 16, 5, 8), (8, 16, 5, 8), (4, 32, 5, 16)]  # workers, batch, delay, images per request
+SWEEP = [(4, 16, 5, 8), (8, 16, 5, 16)]  # workers, batch, delay, images per request
 COLS = ["row", "model", "layout", "clients", "per_request", "img_per_s", "req_per_s", "p50_ms", "p99_ms", "failures",
         "frontend_latency_ms", "queue_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
         "PolydetPostprocessMs_avg", "PolydetBatchSize_avg", "gpu_mib_per_worker", "cpu_frontend_ms_per_req",
@@ -261,11 +261,30 @@ def serve_bench(args) -> list[dict]:
     return rows
 
 
+def plot(rows: list[dict], out: Path, title: str) -> None:
+    """Served images/s and p99 against clients, one line per benchmark row (the sweep left out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label in dict.fromkeys(r["row"] for r in rows if r["row"] != "sweep"):
+        rs = sorted((r for r in rows if r["row"] == label), key=lambda r: r["clients"])
+        a.plot([r["clients"] for r in rs], [r["img_per_s"] for r in rs], "o-", label=label)
+        b.plot([r["clients"] for r in rs], [r["p99_ms"] for r in rs], "o-", label=label)
+    a.set(xlabel="closed-loop clients", ylabel="images/s", title=title, xscale="log")
+    b.set(xlabel="closed-loop clients", ylabel="p99 per request (ms)", yscale="log", xscale="log")
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["decode", "serve"])
+    p.add_argument("what", choices=["decode", "serve", "plot"], help="plot: --out JSON rows -> PNG beside it")
     p.add_argument("--weights", default=str(ROOT / "weights/polydet_main_area.pt"))
-    p.add_argument("--aoti", required=True, help="the AOTInductor fp16 CUDA package (polydet export --format aoti)")
+    p.add_argument("--aoti", default="/tmp/gb/aoti_fp16.pt2", help="the AOTInductor fp16 CUDA package (polydet export --format aoti)")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--clients", default="64,256,512")
     p.add_argument("--sweep", action="store_true")
@@ -273,7 +292,11 @@ def main(argv=None) -> int:
     p.add_argument("--procs", type=int, default=8, help="client processes")
     p.add_argument("--work", default="/tmp/gb")
     p.add_argument("--out", required=True, help="JSON rows")
+    p.add_argument("--title", default="polydet served on one GPU")
     args = p.parse_args(argv)
+    if args.what == "plot":
+        plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"), args.title)
+        return 0
     Path(args.work).mkdir(parents=True, exist_ok=True)
     rows = decode_bench(args) if args.what == "decode" else serve_bench(args)
     Path(args.out).write_text(json.dumps(rows, indent=1))

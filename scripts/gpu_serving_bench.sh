@@ -66,9 +66,9 @@ case "$STEP" in
       python3 -c "from nvidia import nvimgcodec; print('nvimgcodec', nvimgcodec.__version__)"; } 2>&1 | tee "$OUT/gpu_host.txt"
     ( time python3 -m polydet.cli export --weights weights/polydet_main_area.pt --format aoti --precision fp16 \
         --device cuda --imgsz 224 --out "$AOTI" ) 2>&1 | tail -5 | tee "$OUT/gpu_aoti_export.log"
-    timeout 120 python3 scripts/gpu_serving_bench.py decode --aoti "$AOTI" --seconds 1.5 \
+    timeout 120 python3 scripts/gpu_serving_bench.py decode --aoti "$AOTI" --seconds 1 \
       --out "$OUT/gpu_serving_decode.json" 2>&1 | tee "$OUT/gpu_serving_decode.log"
-    POLYDET_GPU_AOTI="$AOTI:weights/polydet_main_area.pt" timeout 150 python3 -m pytest -q -ra -s -p no:cacheprovider \
+    POLYDET_GPU_AOTI="$AOTI:weights/polydet_main_area.pt" timeout 110 python3 -m pytest -q -ra -s -p no:cacheprovider \
       tests/gpu/test_gpu_preprocess.py tests/gpu/test_gpu_aoti.py 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
   2)
@@ -79,8 +79,8 @@ case "$STEP" in
     java -version 2>&1 | head -1 | tee "$OUT/gpu_java.txt"
     [ -f "$AOTI" ] || python3 -m polydet.cli export --weights weights/polydet_main_area.pt --format aoti \
       --precision fp16 --device cuda --imgsz 224 --out "$AOTI"
-    timeout 100 python3 -m pytest -q -ra -p no:cacheprovider tests/gpu/test_gpu_served.py 2>&1 | tee "$OUT/gpu_served_test.log"
-    timeout 400 python3 scripts/gpu_serving_bench.py serve --aoti "$AOTI" --sweep --seconds "${SECONDS_PER_STEP:-6}" \
+    timeout 70 python3 -m pytest -q -ra -p no:cacheprovider tests/gpu/test_gpu_served.py 2>&1 | tee "$OUT/gpu_served_test.log"
+    timeout 330 python3 scripts/gpu_serving_bench.py serve --aoti "$AOTI" --sweep --seconds "${SECONDS_PER_STEP:-5}" \
       --out "$OUT/gpu_serving.json" 2>&1 | tee "$OUT/gpu_serving.log"
     ;;
   *) echo "unknown step $STEP (prepare, 1, 2)" >&2; exit 2 ;;
