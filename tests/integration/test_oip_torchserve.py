@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import io
 import json
 import sys
 import threading
@@ -53,6 +54,14 @@ def stub(server, pb):
 def images() -> list[bytes]:
     return [(REPO / "examples" / "sample_1.jpg").read_bytes(), encode(page_image(480, 360, 0)),
             encode(page_image(320, 400, 3), ".png")]
+
+
+def gif() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="GIF")
+    return buf.getvalue()
 
 
 def md(server):
@@ -194,6 +203,7 @@ def test_a_bad_image_is_an_error_in_its_place_and_the_worker_survives(server, pb
     ({"images": [b"x"] * 17}, grpc.StatusCode.RESOURCE_EXHAUSTED,
      "17 images in one request; at most 16 (handler.max_images_per_request)"),
     ({"images": [b"junk", b"also junk"]}, grpc.StatusCode.INVALID_ARGUMENT, "cannot decode image"),
+    ({"images": [gif(), b"junk"]}, grpc.StatusCode.FAILED_PRECONDITION, "unsupported image format GIF"),  # the first's
     ({"images": []}, grpc.StatusCode.INVALID_ARGUMENT, "input 'images' is empty; send at least one image"),
 ])
 def test_a_failed_request_is_a_grpc_error_with_the_reason_and_the_worker_survives(server, pb, stub, images,
@@ -243,6 +253,8 @@ def test_a_failed_request_batched_with_a_good_one_fails_alone(server, pb, stub, 
     assert got[1].id == "good" and good["status"].tolist() == [200]
     assert_same_result(good["results"][0], rest(server, images[0]).json())
     reason = "conf must be a number in [0, 1], got 2"
+    print(f"\nthe bad request {'had a batch of its own' if isinstance(got[0], grpc.RpcError) else 'shared a batch'}",
+          file=sys.stderr)
     if isinstance(got[0], grpc.RpcError):  # it had a batch of its own
         assert got[0].code() == grpc.StatusCode.INVALID_ARGUMENT and reason in got[0].details()
     else:
