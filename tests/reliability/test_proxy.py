@@ -116,6 +116,29 @@ def test_control_stalled_bodies_straight_at_torchserve_grow_the_frontend(tmp_pat
     assert peak - before > RSS_BOUND_MIB
 
 
+def test_stalled_bodies_straight_at_torchserve_are_capped_and_given_back(tmp_path_factory, store):
+    """Without the proxy, the shipped vmargs bound the same attack (issue 17.2): 60 stalled 15 MiB bodies
+    without a token. Before (direct memory = -Xmx, pooled): 203 -> 1,327 MiB, 1,311 MiB after they closed.
+    Now the direct-memory cap holds the peak and the unpooled allocator gives the memory back."""
+    ts = start_server(tmp_path_factory, store)
+    try:
+        assert "-XX:MaxDirectMemorySize=256m" in ts.properties["vmargs"], ts.properties["vmargs"]
+        before, peak, socks = probe(ts, ts.ports.inference, 60, None, hold_s=8.0)
+        for s in socks:
+            s.close()
+        time.sleep(15)
+        after = rss_mib(ts.pid)
+        r = requests.post(f"{ts.inference_url}/predictions/polydet", data=BODY, timeout=60,
+                          headers={**auth(ts.tokens.inference), **OCTET})
+    finally:
+        ts.stop()
+    print(f"\nstraight at TorchServe, 60 stalled bodies: frontend RSS {before:.0f} -> peak {peak:.0f} -> "
+          f"{after:.0f} MiB 15 s after they closed", file=sys.stderr)
+    assert peak - before < 256 + 160  # the direct cap plus the heap's own growth (measured: +327)
+    assert after - before < 160  # given back (measured: +112; pooled it kept +1,108)
+    assert r.status_code == 200, r.text[:300]
+
+
 def scale_down_under_load(ts, url: str, rounds: int = 3, threads: int = 6) -> list:
     """``threads`` clients post to ``url`` while the model goes 1 -> 2 -> 1 workers ``rounds`` times
     (synchronous scale-downs). Returns the outcomes."""
