@@ -271,3 +271,22 @@ def test_answer_tells_describe_oip_and_rest_apart_in_one_batch():
     rest = [json.loads(a.body) for a in answers[2:]]
     assert rest[0] == rest[1] == by["results"][0]  # raw bytes and REST JSON: the same answer as the OIP image
     np.testing.assert_allclose(np.array(by["polygons"]).reshape(4, 2), np.array(quad) * 2, atol=1e-3)
+
+
+def test_a_fault_in_the_service_is_a_500_in_the_oip_shape_naming_only_its_type():
+    from polydet.serving.oip_torchserve import infer
+
+    class Faulty(DetectionService):
+        def detect_images(self, images, overrides=None):
+            raise RuntimeError("internal detail /secret/path")
+
+    from polydet.serving.config import ServiceConfig
+
+    faulty = Faulty.__new__(Faulty)  # no model needed: it fails before one would run
+    faulty.config = ServiceConfig()
+    answer, stats = infer(faulty, {"id": "f", "inputs": [
+        {"name": "images", "shape": [1], "datatype": "BYTES", "data": ["YQ=="]}]}, "polydet", "1.0")
+    by = {o["name"]: o["data"] for o in json.loads(answer.body)["outputs"]}
+    assert (answer.status, answer.reason, stats) == (500, "internal error: RuntimeError", None)
+    assert by["status"] == [500] and by["results"] == [{"error": "internal error: RuntimeError", "code": 500}]
+    assert answer.oip_error.status == 500

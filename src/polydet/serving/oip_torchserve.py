@@ -35,14 +35,18 @@ request is one image; the answer is one output, named after the first input, hol
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ..errors import InvalidInputError, PolydetError, quote
+from ..preprocess import error_of
 from ..results import Detections, ImageError, Timings
 from . import oip
 from .service import BatchStats, DetectionService, parse_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,10 @@ def infer(service: DetectionService, request: Mapping, model_name: str, version:
     try:
         images, overrides = oip.decode_inputs(*tensors_of(request.get("inputs")), **limits(service))
         results, stats = service.detect_images(images, overrides)
-    except PolydetError as e:  # bad inputs or options: the whole request
-        err = ImageError(e.http_status, str(e))
+    except Exception as e:  # noqa: BLE001 - bad inputs or options (or a fault): the whole request's answer
+        if not isinstance(e, PolydetError):
+            log.exception("answering an OIP request failed")
+        err = error_of(e)
         return Answer(err.status, response_body(request, model_name, version, [err]), err.reason, err), None
     err = oip.request_error(results)
     body = response_body(request, model_name, version, results)
@@ -146,8 +152,10 @@ def answer_envelope(service: DetectionService, data: Sequence[Mapping]) -> tuple
     try:
         images, overrides = oip.decode_inputs(*tensors_of(list(data), take_first=True), **limits(service))
         (result,), stats = service.detect_images(images, overrides)
-    except PolydetError as e:
-        result, stats = ImageError(e.http_status, str(e)), None
+    except Exception as e:  # noqa: BLE001 - as infer()
+        if not isinstance(e, PolydetError):
+            log.exception("answering a kservev2 request failed")
+        result, stats = error_of(e), None
     if isinstance(result, ImageError):
         return [Answer(result.status, _dumps(result.to_dict()), result.reason)], stats
     return [Answer(200, _dumps(result.to_dict()))], stats
@@ -177,7 +185,13 @@ def answer(service: DetectionService, data: Sequence[Any], context) -> tuple[lis
         parts.append(stats)
         for (i, _), r in zip(rest, replies):
             answers[i] = Answer(r.status, _dumps(r.body), r.body.get("error", "") if r.status != 200 else "")
-    return answers, combine(parts, len(data), sum(400 <= a.status < 500 for a in answers))
+    # PolydetBatchSize/PolydetBadRequests count images: the REST part's from service.answer (a multi-image
+    # request counts its images), one per other request
+    others = [a for k, a in enumerate(answers) if k not in {i for i, _ in rest}]
+    batch, bad = len(others), sum(400 <= a.status < 500 for a in others)
+    if rest:
+        batch, bad = batch + stats.batch, bad + stats.bad
+    return answers, combine(parts, batch, bad)
 
 
 def combine(parts: Sequence[BatchStats], batch: int, bad: int) -> BatchStats:
