@@ -27,10 +27,13 @@ ARG BASE_IMAGE=debian:bookworm-slim
 # ---- os: the apt layer both stages share (one apt-get run per build) ----------------------------
 FROM ${BASE_IMAGE} AS os
 # --no-install-recommends keeps the JRE headless and small. python3-venv brings ensurepip (pip for
-# the venv). ca-certificates: pip's and Java's TLS roots.
+# the venv). ca-certificates: pip's and Java's TLS roots. nginx: the front that SECURITY.md asks for in
+# front of TorchServe's REST API; the image only carries it (never started as a service): Kubernetes runs it
+# as the pod's "proxy" container (`python -m polydet.serving.podproxy run`, deploy/k8s), `docker run` users
+# as a second container of this image (README, "Scale out").
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-venv openjdk-17-jre-headless ca-certificates \
+      python3 python3-venv openjdk-17-jre-headless ca-certificates nginx \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 
 # ---- build: the polydet wheel and the files the runtime stage needs -----------------------------

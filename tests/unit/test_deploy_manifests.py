@@ -371,3 +371,14 @@ def test_the_committed_dashboard_is_the_generators_output(tmp_path):
     panels = json.loads(gen.render())["panels"]
     assert [p["title"] for p in panels] == list(gen.UNITS)
     assert all(t["expr"] for p in panels for t in p["targets"])
+
+
+def test_the_kserve_front_container_parses_with_the_fronts_own_parser():
+    from polydet.fronts.common import make_parser
+
+    (doc,) = _load_docs(DEPLOY / "kserve" / "inferenceservice-polydet.yaml")
+    (c,) = doc["spec"]["predictor"]["containers"]
+    assert c["command"][-2:] == ["-m", "polydet.fronts.kserve"]
+    a = make_parser("kserve", 8080, 8081).parse_args(c["args"])
+    assert (a.host, a.http_port) == ("0.0.0.0", c["ports"][0]["containerPort"])
+    assert c["readinessProbe"]["httpGet"] == {"path": f"/v2/models/{a.name}/ready", "port": a.http_port}
