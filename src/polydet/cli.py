@@ -25,6 +25,7 @@ EXTERNAL = {
     "inspect": ("polydet.model.summary", "what a checkpoint holds: layout, classes, input size, anchors, epoch"),
     "quantize": ("polydet.optimize.quantize", "INT8 ONNX (static QDQ) with an accuracy and speed report vs fp32"),
     "debug": ("polydet.optimize.debug", "compare two artifacts layer by layer: where does the error start"),
+    "qat": ("polydet.optimize.qat", "quantization-aware training: fake-quant fine-tuning -> a QDQ ONNX (INT8)"),
     "doctor": ("polydet.doctor", "installed runtimes and converters vs the pinned versions, with the fix for each"),
     "kserve-layout": ("polydet.serving.kserve_layout", "TorchServe-in-KServe layout: config/ + model-store/ (kservev2)"),
 }
