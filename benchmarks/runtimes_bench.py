@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import sys
@@ -25,26 +24,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quant_bench import parity, table  # noqa: E402
 
-# name -> (format, export keyword arguments, the module its runtime needs)
+# name -> (format, export keyword arguments); what each needs installed is its backend's manifest
 VARIANTS = {
-    "fp32": ("onnx", {}, "onnxruntime"),  # the reference row of the table (ONNX Runtime fp32)
-    "TorchScript fp32": ("torchscript", {}, "torch"),
-    "ONNX Runtime int8 (head float)": ("onnx", {"precision": "int8", "quant": {}}, "onnxruntime"),
-    "OpenVINO fp32": ("openvino", {}, "openvino"),
-    "OpenVINO fp16 weights": ("openvino", {"precision": "fp16"}, "openvino"),
-    "NCNN fp32": ("ncnn", {}, "ncnn"),
-    "NCNN fp16 weights": ("ncnn", {"precision": "fp16"}, "ncnn"),
-    "MNN fp32": ("mnn", {}, "MNN"),
+    "fp32": ("onnx", {}),  # the reference row of the table (ONNX Runtime fp32)
+    "TorchScript fp32": ("torchscript", {}),
+    "ONNX Runtime int8 (head float)": ("onnx", {"precision": "int8", "quant": {}}),
+    "OpenVINO fp32": ("openvino", {}),
+    "OpenVINO fp16 weights": ("openvino", {"precision": "fp16"}),
+    "NCNN fp32": ("ncnn", {}),
+    "NCNN fp16 weights": ("ncnn", {"precision": "fp16"}),
+    "MNN fp32": ("mnn", {}),
 }
+
+
+def missing(fmt: str) -> list[str]:
+    """The distributions the format's backend imports (its Capabilities.runtime) that are not installed."""
+    from polydet.backends import backend_class
+    from polydet.export import FORMATS
+
+    caps = backend_class(Path("m" + FORMATS[fmt].suffix)).capabilities
+    return [d for d in caps.runtime if not _installed(d)]
+
+
+def _installed(dist: str) -> bool:
+    from importlib import metadata
+
+    try:
+        return bool(metadata.version(dist))
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def build(args, workdir: Path) -> dict:
     from polydet.export import FORMATS, export
 
     paths = {}
-    for i, (name, (fmt, kw, module)) in enumerate(VARIANTS.items()):
-        if fmt not in FORMATS or importlib.util.find_spec(module) is None:
-            print(f"skipped {name}: {fmt} or {module} not available", flush=True)
+    for i, (name, (fmt, kw)) in enumerate(VARIANTS.items()):
+        if fmt not in FORMATS or missing(fmt):
+            print(f"skipped {name}: {fmt} or {', '.join(missing(fmt))} not available", flush=True)
             continue
         kw = dict(kw)
         if "quant" in kw:

@@ -202,7 +202,7 @@ def evaluate_artifact(model_path: str | Path, data_dir: str | Path, device: str 
     det = Detector.from_artifact(model_path, device=device,
                                  options=DetectOptions(conf=conf, iou=iou, max_det=max_det))
     if imgsz and imgsz != det.info.imgsz:
-        if not (det.info.dynamic or det.backend.name == "eager"):
+        if not (det.info.dynamic or det.backend.capabilities.shapes == "any"):
             raise ValueError(f"{model_path} is a fixed {det.info.imgsz} px export: --imgsz {imgsz} needs an "
                              "eager checkpoint or a --dynamic export")
         info = dataclasses.replace(det.info, imgsz=imgsz)

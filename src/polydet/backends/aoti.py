@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..meta import Precision
-from .base import META_KEY, Backend, first_output, info_from_meta
+from .base import META_KEY, Backend, Capabilities, first_output, info_from_meta
 
 _DEVICE_KEY = "AOTI_DEVICE_KEY"  # written by Inductor itself: "cpu" or "cuda"
 
@@ -18,6 +18,7 @@ _DEVICE_KEY = "AOTI_DEVICE_KEY"  # written by Inductor itself: "cpu" or "cuda"
 class AotiBackend(Backend):
     name = "aoti"
     suffixes = (".pt2",)
+    capabilities = Capabilities(devices=("cpu", "cuda"), runtime=("torch",))  # the device compiled for
 
     def __init__(self, path, device="cpu", precision=None):
         super().__init__(path, device, precision)

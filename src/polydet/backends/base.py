@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,6 +23,24 @@ META_KEY = "polydet"  # TorchScript extra file name / ONNX metadata_props key ho
 SUPPORTED_LAYOUTS = (LAYOUT,)  # output layouts the pipeline decodes
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend's runtime can do, declared as data (``Backend.capabilities``); what its artifacts are
+    exported as (precisions, files, calibration) is its export row's (``polydet.export.FORMATS``), and
+    ``Backend.manifest()`` joins the two. Callers ask these, never a backend's name."""
+
+    devices: tuple[str, ...] = ("cpu",)  # torch device types it runs on
+    # "dynamic": any batch unless the artifact was exported with a fixed one (max_batch then says it);
+    # "one": one image per call, whatever the artifact (Backend.__call__ feeds a batch image by image)
+    batch: str = "dynamic"
+    shapes: str = "artifact"  # "artifact": the exported imgsz (any with a --dynamic export); "any": any size
+    runtime: tuple[str, ...] = ()  # the distributions it imports in polydet's environment (polydet doctor)
+    extra: str = ""  # polydet's extra that installs them ("": none, or not on PyPI)
+    env: str = ""  # an isolated venv of polydet.envs it runs in (polydet doctor --build NAME)
+    fp16_cast: bool = False  # runs an fp32 artifact in fp16 when asked at load (on CUDA)
+    custom_ops: tuple[str, ...] = ()  # plugin libraries it must load: none for any polydet artifact
+
+
 class Backend(ABC):
     """``__call__(x: (B,3,H,W) float in [0,1]) -> (B,N,9+nc) float32``, for any B.
 
@@ -32,6 +51,7 @@ class Backend(ABC):
 
     name: ClassVar[str] = "base"
     suffixes: ClassVar[tuple[str, ...]] = ()
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu",
                  precision: Precision | str | None = None):
@@ -47,6 +67,18 @@ class Backend(ABC):
     def accepts(cls, path: Path) -> bool:
         """Whether this backend opens ``path`` (by suffix; a backend may also look inside the file)."""
         return path.suffix.lower() in cls.suffixes
+
+    @classmethod
+    def manifest(cls) -> dict:
+        """The backend's capabilities and its export row's facts as one JSON-able dict."""
+        from ..export.formats import for_backend
+
+        row = for_backend(cls.name)
+        return {"name": cls.name, "suffixes": list(cls.suffixes), **asdict(cls.capabilities),
+                "format": row.name if row else None,
+                "precisions": [p.value for p in row.precisions] if row else [],
+                "files": [row.suffix, *row.companions] if row else list(cls.suffixes[:1]),
+                "calibration": bool(row and Precision.INT8 in row.precisions)}  # int8 export: calibration images
 
     @abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:

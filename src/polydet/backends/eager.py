@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from ..errors import ModelLoadError
-from .base import Backend, first_output
+from .base import Backend, Capabilities, first_output
 
 
 class EagerBackend(Backend):
     name = "eager"
     suffixes = (".pth", ".ckpt", ".pt")  # .pt reaches here when it is not TorchScript (MODULES' order)
+    capabilities = Capabilities(devices=("cpu", "cuda"), shapes="any", runtime=("torch",), fp16_cast=True)
 
     def __init__(self, path, device="cpu", precision=None, model=None, info=None):
         super().__init__(path, device, precision)

@@ -8,12 +8,13 @@ import torch
 
 from ..errors import ModelLoadError, require
 from ..meta import ModelInfo
-from .base import Backend, first_output
+from .base import Backend, Capabilities, first_output
 
 
 class MnnBackend(Backend):
     name = "mnn"
     suffixes = (".mnn",)
+    capabilities = Capabilities(runtime=("MNN",), extra="mnn")
 
     def __init__(self, path, device="cpu", precision=None, threads: int | None = None):
         super().__init__(path, device, precision)

@@ -16,12 +16,13 @@ import torch
 
 from ..errors import ModelLoadError, require
 from ..meta import ModelInfo
-from .base import Backend, first_output
+from .base import Backend, Capabilities, first_output
 
 
 class NcnnBackend(Backend):
     name = "ncnn"
     suffixes = (".param",)
+    capabilities = Capabilities(batch="one", runtime=("ncnn",), extra="ncnn")
 
     @classmethod
     def accepts(cls, path: Path) -> bool:

@@ -11,12 +11,13 @@ import torch
 
 from ..errors import ModelLoadError, require
 from ..meta import Precision
-from .base import META_KEY, Backend, first_output, info_from_meta
+from .base import META_KEY, Backend, Capabilities, first_output, info_from_meta
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     suffixes = (".onnx",)
+    capabilities = Capabilities(devices=("cpu", "cuda"), runtime=("onnxruntime",), extra="onnx")  # cuda: -gpu build
 
     def __init__(self, path, device="cpu", precision=None, threads: int | None = None):
         """``threads``: ONNX Runtime's intra-op threads; None = torch's (``torch.get_num_threads()``), so one

@@ -12,12 +12,13 @@ import torch
 
 from ..errors import ModelLoadError, require
 from ..meta import Precision
-from .base import META_KEY, Backend, first_output, info_from_meta
+from .base import META_KEY, Backend, Capabilities, first_output, info_from_meta
 
 
 class OpenVinoBackend(Backend):
     name = "openvino"
     suffixes = (".xml",)
+    capabilities = Capabilities(runtime=("openvino",), extra="openvino")
 
     def __init__(self, path, device="cpu", precision=None, threads: int | None = None):
         """``threads``: the CPU plugin's inference threads; None = torch's (``torch.get_num_threads()``), so

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ModelLoadError, require
 from ..meta import ModelInfo
-from .base import Backend
+from .base import Backend, Capabilities
 
 RUNTIMES = ("board", "simulator")
 
@@ -28,6 +28,7 @@ RUNTIMES = ("board", "simulator")
 class RknnBackend(Backend):
     name = "rknn"
     suffixes = (".rknn",)
+    capabilities = Capabilities(batch="one", env="rknn")  # the PC simulator; a board: rknn-toolkit-lite2
 
     def __init__(self, path, device="cpu", precision=None, runtime: str | None = None):
         super().__init__(path, device, precision)

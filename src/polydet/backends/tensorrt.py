@@ -22,7 +22,7 @@ import torch
 
 from ..errors import MissingDependencyError, ModelLoadError, PolydetError, require
 from ..meta import ModelInfo, Precision
-from .base import Backend, first_output, info_from_meta
+from .base import Backend, Capabilities, first_output, info_from_meta
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -126,6 +126,7 @@ def fits(shape: tuple[int, ...], profile: tuple[tuple[int, ...], ...]) -> bool:
 class TensorRTBackend(Backend):
     name = "tensorrt"
     suffixes = (".engine", ".plan", ".trt")
+    capabilities = Capabilities(devices=("cuda",), runtime=("tensorrt",))  # not on PyPI: NVIDIA's index
 
     def __init__(self, path, device="cuda", precision=None):
         super().__init__(path, device, precision)

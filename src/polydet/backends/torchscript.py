@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelLoadError
-from .base import META_KEY, Backend, first_output, info_from_meta, is_torchscript
+from .base import META_KEY, Backend, Capabilities, first_output, info_from_meta, is_torchscript
 
 
 class TorchScriptBackend(Backend):
     name = "torchscript"
     suffixes = (".torchscript", ".pt")
+    capabilities = Capabilities(devices=("cpu", "cuda"), runtime=("torch",), fp16_cast=True)
 
     @classmethod
     def accepts(cls, path: Path) -> bool:
