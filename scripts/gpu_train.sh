@@ -9,6 +9,7 @@
 #   scripts/gpu_train.sh stage INIT BUDGET_MIN [args]  # one warm restart from INIT, validated at 320
 #   scripts/gpu_train.sh report WEIGHTS           # eval at 224 and 320 + CPU latency (final's tail)
 #   scripts/gpu_train.sh eval IMGSZ WEIGHTS       # full-pipeline eval of a checkpoint on the val set
+#   scripts/gpu_train.sh v2 INIT|scratch BUDGET_MIN [args]  # issue 16: generator 2.0 fine-tune + reports
 #
 # The bundled weights (weights/polydet_main_224.pt) came from two commands (see weights/MODEL_CARD.md):
 #   scripts/gpu_train.sh probe && scripts/gpu_train.sh train 224 6.8 --epochs 11 --epoch-size 4096 \
@@ -103,12 +104,47 @@ print("weights from", sys.argv[2])' "$OUT" "$2"
     "$PY" -c 'import torch,json,sys; c=torch.load(sys.argv[1],weights_only=True); print(json.dumps(c["train_state"]["history"]))' \
       runs/stage/last.pt >"$OUT/history_stage.json"
     ;;
+  v2)
+    # Issue 16: fine-tune INIT (or "scratch") on generator 2.0 (--synth train: the train split of
+    # data_sources/, carried to the machine), selected on a 2.0 validation set of train sources (seed 991),
+    # then scored at 224 on the 1.0 validation set, the 2.0 validation set and the held-out set (held-out
+    # sources only, seed 990): weights, log, history and reports land in $OUT.
+    init=$2 budget=$3
+    shift 3
+    test -f data_sources/manifest.json || { echo "data_sources/ missing: carry it (polydet data sources)"; exit 2; }
+    make_val
+    V2VAL=${V2VAL:-/tmp/val991} HELDOUT=${HELDOUT:-/tmp/heldout990}
+    [ -f "$V2VAL/dataset.json" ] || polydet data synth "$V2VAL" --preset train --n "${V2VAL_N:-600}" --seed 991 \
+      --workers "$WORKERS" --no-progress
+    [ -f "$HELDOUT/dataset.json" ] || polydet data heldout "$HELDOUT" --n "${HELDOUT_N:-400}" --workers "$WORKERS" \
+      --no-progress
+    echo "v2 val: labels md5 $(cat "$V2VAL"/*.txt | md5sum | cut -c1-12); heldout: labels md5 $(cat "$HELDOUT"/*.txt | md5sum | cut -c1-12)"
+    initarg=(--init "$init")
+    [ "$init" = scratch ] && initarg=()
+    polydet train --synth train --imgsz 224 --multiscale ${V2_SIZES:-224 320 320} "${initarg[@]}" --val "$V2VAL" \
+      --workers "$WORKERS" --out runs/v2 --time-budget-min "$budget" "$@" 2>&1 | tee "$OUT/train_v2.log"
+    "$PY" -c 'import torch,json,sys; c=torch.load(sys.argv[1],weights_only=True); print(json.dumps(c["train_state"]["history"]))' \
+      runs/v2/last.pt >"$OUT/history_v2.json"
+    src=runs/v2/best.pt
+    [ -f "$src" ] || src=runs/v2/last.pt
+    "$PY" -c 'import sys; from polydet.model import load_model, save_checkpoint
+m, i = load_model(sys.argv[1], imgsz=224); save_checkpoint(sys.argv[2], m, i)' "$src" "$OUT/v2_224.pt"
+    for pair in "new:$OUT/v2_224.pt" "old:$init"; do
+      name=${pair%%:*} w=${pair#*:}
+      [ "$w" = scratch ] && continue
+      for set in "val:$VAL" "v2val:$V2VAL" "heldout:$HELDOUT"; do
+        polydet data report --model "$w" --data "${set#*:}" --device "$DEVICE" --imgsz 224 \
+          --out "$OUT/report_${name}_${set%%:*}" >/dev/null
+        echo "$name weights on ${set%%:*}: $(sed -n 3p "$OUT/report_${name}_${set%%:*}/report.md")"
+      done
+    done
+    ;;
   eval)
     make_val
     polydet eval --model "$3" --data "$VAL" --device "$DEVICE" --grid "$OUT/grid_$2.jpg" --json "$OUT/eval_$2.json"
     ;;
   *)
-    sed -n 2,12p "$0"
+    sed -n 2,13p "$0"
     exit 2
     ;;
 esac

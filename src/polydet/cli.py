@@ -31,7 +31,8 @@ EXTERNAL = {
 }
 DATA_MODULE = "polydet.data.synth"
 # `polydet data SUB ...` -> the module whose main() takes the rest
-DATA_MODULES = {"synth": DATA_MODULE, "sources": "polydet.data.debsources", "heldout": "polydet.data.heldout"}
+DATA_MODULES = {"synth": DATA_MODULE, "sources": "polydet.data.debsources", "heldout": "polydet.data.heldout",
+                "report": "polydet.data.report"}
 
 
 def _add_threshold_args(p: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ import torch
 
 from .camera import clip_convex, order_corners_np, poly_area
 from .labels import read_labels
+from .sources import extra
 from .synth import SynthConfig, render_sample
 from .synth import warm as synth_warm
 
@@ -151,6 +152,7 @@ class PolygonDataset(torch.utils.data.Dataset):
             self.n, self.files = int(n), []
             if warm:  # load pictures, glyph sprites and noise once here, so forked workers inherit them
                 synth_warm()
+                extra(self.cfg.sources)  # the installed extra sources of generator 2.0, if it uses them
         else:
             root = Path(source)
             if not root.is_dir():

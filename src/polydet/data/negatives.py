@@ -13,7 +13,7 @@ import numpy as np
 
 from .camera import hidden_fraction, poly_area, sample_quad
 from .effects import drop_shadow
-from .scenes import natural, soft_blur, wood
+from .scenes import muted_color, natural, soft_blur, wood
 from .text import Font, random_word
 
 def _u(rng, a, b):
@@ -40,9 +40,10 @@ def window(rng, h, w):
 
 
 def tiles(rng, h, w):
-    """Square or brick tiles with grout lines (a wall or floor seen at an angle)."""
-    base = np.array(_color(rng, 60, 250), np.float32)
-    s = max(6, int(max(h, w) / _u(rng, 4, 14)))
+    """Square or brick tiles with grout lines (a wall or floor seen at an angle): many small tiles in
+    the muted colours of real ones (big saturated cells would each be a card-like quad)."""
+    base = muted_color(rng, 60, 240)
+    s = max(6, int(max(h, w) / _u(rng, 8, 24)))
     tex = np.empty((h, w, 3), np.uint8)
     tex[:] = (base * 0.6).astype(np.uint8)
     g = max(1, s // 14)
@@ -138,11 +139,11 @@ def hard_negatives(rng, img: np.ndarray, max_n: int = 2) -> None:
         _warp_full(img, fn(rng, th, tw), q)
 
 
-def occluders(rng, img: np.ndarray, quads: list[np.ndarray], max_hidden: float = 0.3) -> None:
+def occluders(rng, img: np.ndarray, quads: list[np.ndarray], max_hidden: float = 0.3) -> np.ndarray | None:
     """A pen, a mug or a hand-like blob over an object's edge; skipped when it would hide more than
-    ``max_hidden`` of any object (the labels keep the hidden corners)."""
+    ``max_hidden`` of any object (the labels keep the hidden corners). Returns the polygon drawn, or None."""
     if not quads:
-        return
+        return None
     q = quads[int(rng.integers(len(quads)))]
     i = int(rng.integers(4))
     c = q[i] + (q[(i + 1) % 4] - q[i]) * _u(rng, 0, 1)  # a point on one of its edges
@@ -159,6 +160,7 @@ def occluders(rng, img: np.ndarray, quads: list[np.ndarray], max_hidden: float =
         poly = c + np.stack([np.cos(t) * r * _u(rng, 0.7, 1.3), np.sin(t) * r], 1)
         col = (rng.uniform([80, 120, 170], [140, 170, 230]).tolist() if rng.random() < 0.5 else _color(rng, 0, 255))
     if any(hidden_fraction(o, quads[k + 1:] + [poly]) > max_hidden for k, o in enumerate(quads)):
-        return
+        return None
     drop_shadow(rng, img, poly, _u(rng, 0.2, 0.5), s * 0.02, rng.normal(0, s * 0.01, 2))
     cv2.fillPoly(img, [np.round(poly * 16).astype(np.int32)], col, cv2.LINE_AA, shift=4)
+    return poly

@@ -61,6 +61,7 @@ class SynthConfig:
     log_area_p: float = 0.5  # P(an object's area is drawn log-uniform, i.e. small-biased) vs uniform
     recipe: int = 1  # 1: generator 1.0 (pages/prints/cards/screens); 2: synth2's kinds, look-alikes, occluders
     sources: str = "pypi"  # pictures drawn from: "pypi" (1.0), "train" or "heldout" (polydet data sources)
+    v1_mix: float = 0.0  # recipe 2: P(a sample is a 1.0 scene on the bundled pictures), keeps 1.0's range covered
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -163,6 +164,9 @@ def render_sample(rng: np.random.Generator, cfg: SynthConfig | None = None) -> t
         if cfg.recipe >= 2:
             from .synth2 import render_v2
 
+            if cfg.v1_mix and rng.random() < cfg.v1_mix:
+                with using("pypi"):
+                    return _render_v1(rng, cfg)
             return render_v2(rng, cfg)
         return _render_v1(rng, cfg)
 

@@ -66,6 +66,18 @@ class _RunSampler(torch.utils.data.Sampler):
                 yield from (epoch * self.n_files + int(j) for j in perm[k * self.batch:(k + 1) * self.batch])
 
 
+def synth_config(name: str):
+    """The generator settings a run trains on (None: the dataset's default, generator 1.0's); the held-out
+    preset is refused (it is for scoring only)."""
+    if name == "heldout":
+        raise ValueError("the heldout generator preset draws from the held-out sources: never train on it")
+    if name == "v1":
+        return None
+    from ..data.synth2 import preset
+
+    return preset(name)
+
+
 def make_loader(cfg: TrainConfig, start_batch: int = 0) -> tuple[torch.utils.data.DataLoader, int]:
     """One loader for the rest of the run, from loader batch ``start_batch``. Returns it and the number
     of loader batches per epoch."""
@@ -81,7 +93,8 @@ def make_loader(cfg: TrainConfig, start_batch: int = 0) -> tuple[torch.utils.dat
     if synth:
         per_epoch = cfg.epoch_size // cfg.batch
         base = PolygonDataset("synth", size, augment=True, n=per_epoch * cfg.batch * cfg.epochs,
-                              seed=seed_for_epoch(cfg, 0))
+                              seed=seed_for_epoch(cfg, 0),
+                              **({"cfg": synth_config(cfg.synth)} if cfg.synth != "v1" else {}))
         n_files = 0
     else:
         base = PolygonDataset(cfg.data, size, augment=True, seed=seed_for_epoch(cfg, 0))
