@@ -14,6 +14,11 @@ Environment: POLYDET_MODEL (default polydet), POLYDET_GRPC_TARGET (default 127.0
 --host of a GrpcUser run), POLYDET_SIZES, POLYDET_IMAGES, POLYDET_KEY_FILE, and POLYDET_SUMMARY: a JSON
 file written at exit with the final totals and failure reasons (locust's CSV files are snapshots taken
 every second and can miss the last one).
+
+POLYDET_IMAGES_PER_REQUEST=N (default 1) sends N images in each request: a multipart form with fields
+image0..image{N-1} over REST, as many input keys over gRPC (raw bytes both ways, no base64). Such a
+request succeeds only when every one of its N results is an output-contract object; locust counts
+requests, so images/s is N x req/s (the summary file says both).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from locust import FastHttpUser, User, constant, events, task
 grpc_gevent.init_gevent()  # grpc's blocking calls must yield to gevent, or one user blocks them all
 
 MODEL = os.environ.get("POLYDET_MODEL", "polydet")
+PER_REQUEST = int(os.environ.get("POLYDET_IMAGES_PER_REQUEST", "1"))
 _pool: list[tuple[str, bytes]] = []
 _tokens = None
 
@@ -69,6 +75,7 @@ def _on_quitting(environment, **_kw):
     errors = sorted(environment.stats.errors.values(), key=lambda e: -e.occurrences)
     Path(path).write_text(json.dumps({
         "requests": total.num_requests, "failures": total.num_failures, "req_per_s": total.total_rps, **pct,
+        "images_per_request": PER_REQUEST, "img_per_s": total.total_rps * PER_REQUEST,
         "mean_ms": total.avg_response_time,
         "failure_reasons": [f"{e.occurrences}x {e.name}: {e.error}" for e in errors]}))
 
@@ -77,13 +84,27 @@ def _auth() -> dict:
     return {"Authorization": f"Bearer {_tokens.inference}"} if _tokens else {}
 
 
-def check_body(text: str) -> str | None:
-    """None when ``text`` is an output-contract answer, else why not (what the server said)."""
+def _pick() -> tuple[str, list[bytes]]:
+    """The request's name (its pool entry, or N x) and its images."""
+    if PER_REQUEST == 1:
+        name, jpeg = random.choice(_pool)
+        return name, [jpeg]
+    return f"{PER_REQUEST}x", [jpeg for _, jpeg in random.choices(_pool, k=PER_REQUEST)]
+
+
+def check_body(text: str, images: int = 1) -> str | None:
+    """None when ``text`` is an output-contract answer (``images`` > 1: a list of that many), else why not
+    (what the server said)."""
     try:
         body = json.loads(text)
     except ValueError:
         return f"not JSON: {text[:120]!r}"
-    if isinstance(body, dict) and {"width", "height", "detections"} <= set(body):
+    if images > 1 and isinstance(body, dict) and isinstance(body.get("results"), list):
+        bad = [r for r in body["results"] if not (isinstance(r, dict) and {"width", "height", "detections"} <= set(r))]
+        if len(body["results"]) != images:
+            return f"{len(body['results'])} results for {images} images"
+        return f"{len(bad)} of {images} images failed: {str(bad[0])[:150]}" if bad else None
+    if images == 1 and isinstance(body, dict) and {"width", "height", "detections"} <= set(body):
         return None
     if isinstance(body, dict) and ("error" in body or "message" in body):
         return f"{body.get('code', '')} {body.get('error') or body.get('message')}"[:200]
@@ -91,20 +112,27 @@ def check_body(text: str) -> str | None:
 
 
 class RestUser(FastHttpUser):
-    """POST /predictions/{model} with the raw JPEG (Content-Type application/octet-stream)."""
+    """POST /predictions/{model} with the raw JPEG (Content-Type application/octet-stream), or a multipart
+    form of POLYDET_IMAGES_PER_REQUEST JPEGs."""
 
     wait_time = constant(0)
 
     @task
     def predict(self):
-        name, jpeg = random.choice(_pool)
-        headers = {"Content-Type": "application/octet-stream", **_auth()}
-        with self.client.post(f"/predictions/{MODEL}", data=jpeg, headers=headers, name=f"REST {name}",
+        name, images = _pick()
+        if len(images) == 1:
+            body, ctype = images[0], "application/octet-stream"
+        else:
+            from polydet.bench.common import multipart_body
+
+            body, ctype = multipart_body(images)
+        headers = {"Content-Type": ctype, **_auth()}
+        with self.client.post(f"/predictions/{MODEL}", data=body, headers=headers, name=f"REST {name}",
                               catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
             else:
-                why = check_body(resp.text)
+                why = check_body(resp.text, len(images))
                 if why:
                     resp.failure(why)
                 else:
@@ -112,7 +140,8 @@ class RestUser(FastHttpUser):
 
 
 class GrpcUser(User):
-    """InferenceAPIsService.Predictions with the JPEG in input ``data`` (stubs from the installed jar)."""
+    """InferenceAPIsService.Predictions with the JPEG in input ``data`` (stubs from the installed jar), or
+    POLYDET_IMAGES_PER_REQUEST JPEGs in inputs image0, image1, ..."""
 
     wait_time = constant(0)
 
@@ -136,14 +165,15 @@ class GrpcUser(User):
     def predict(self):
         import grpc
 
-        name, jpeg = random.choice(_pool)
-        req = self.pb.inference_pb2.PredictionsRequest(model_name=MODEL, input={"data": jpeg})
+        name, images = _pick()
+        inputs = {"data": images[0]} if len(images) == 1 else {f"image{k}": b for k, b in enumerate(images)}
+        req = self.pb.inference_pb2.PredictionsRequest(model_name=MODEL, input=inputs)
         t0 = time.perf_counter()
         exc, length = None, 0
         try:
             resp = self.stub.Predictions(req, metadata=self.metadata, timeout=120)
             length = len(resp.prediction)
-            why = check_body(resp.prediction.decode("utf-8", "replace"))
+            why = check_body(resp.prediction.decode("utf-8", "replace"), len(images))
             if why:  # gRPC ignores per-request statuses: handler errors come back OK with an error body
                 exc = RuntimeError(why)
         except grpc.RpcError as e:

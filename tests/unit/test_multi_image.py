@@ -190,3 +190,24 @@ def test_dewarp_for_every_image_of_a_multi_image_request():
     res = multi.body["results"]
     assert multi.status == 200 and res[0] == res[2] == single.body and res[1]["code"] == 400
     assert set(res[0]["dewarp"]) == {"index", "width", "height", "jpeg_base64"}
+
+
+def test_bench_helpers_for_several_images_per_request():
+    """The load generators' multipart body parses back into the images in fields image0..; compare's ways."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    from polydet.bench.common import _answered, multipart_body
+    from polydet.bench.compare import served_ways, way_args
+
+    body, ctype = multipart_body(IMGS[:3])
+    msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+    parts = list(msg.iter_parts())
+    assert [p.get_param("name", header="content-disposition") for p in parts] == ["image0", "image1", "image2"]
+    assert [p.get_payload(decode=True) for p in parts] == IMGS[:3]
+    ok = json.dumps({"results": [{"width": 1, "height": 1, "detections": []}] * 3}).encode()
+    assert _answered(ok, 3) is None and _answered(ok, 2).startswith("not 2 results")
+    assert _answered(json.dumps({"results": [{"error": "x", "code": 400}] * 3}).encode(), 3).startswith("not 3")
+    assert served_ways("REST,gRPC", "1,8") == ["REST", "REST x8", "gRPC", "gRPC x8"]
+    assert served_ways("gRPC", "8") == ["gRPC x8"]
+    assert [way_args(w) for w in ("REST", "gRPC x8")] == [("rest", 1), ("grpc", 8)]

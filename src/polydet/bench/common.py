@@ -122,22 +122,45 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 
 # -- closed-loop clients of a served model (compare, tuning, GPU scripts) ------------------------------
-def rest_caller(url: str, token: str | None, jpegs: list[bytes], model: str = "polydet"):
-    """make_worker(i) for common.closed_loop: raw POSTs over one keep-alive connection per thread."""
-    import http.client
+def multipart_body(images: list[bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body with one file per image (fields image0, image1, ...) and its Content-Type."""
+    boundary = "polydet-bench-boundary"  # JPEG bytes never hold it: the pool is ours
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"image{k}\"; filename=\"{k}.jpg\"\r\n"
+             f"Content-Type: image/jpeg\r\n\r\n".encode() + img + b"\r\n" for k, img in enumerate(images)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _answered(data: bytes, n: int) -> str | None:
+    """None when a served answer holds ``n`` output-contract objects (one bare, or a results list)."""
     import json
+
+    d = json.loads(data)
+    if n == 1:
+        return None if "detections" in d else f"no detections key: {data[:100]!r}"
+    results = d.get("results") if isinstance(d, dict) else None
+    if not isinstance(results, list) or len(results) != n or not all("detections" in r for r in results):
+        return f"not {n} results: {data[:100]!r}"
+    return None
+
+
+def rest_caller(url: str, token: str | None, jpegs: list[bytes], model: str = "polydet", per_request: int = 1):
+    """make_worker(i) for common.closed_loop: raw POSTs (``per_request`` > 1: multipart forms of that many
+    JPEGs) over one keep-alive connection per thread."""
+    import http.client
     from urllib.parse import urlsplit
 
     u = urlsplit(url)
-    headers = {"Content-Type": "application/octet-stream", **({"Authorization": f"Bearer {token}"} if token else {})}
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def make(i):
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
         k = [i]
 
         def call():
-            body = jpegs[k[0] % len(jpegs)]
-            k[0] += 1
+            images = [jpegs[(k[0] + j) % len(jpegs)] for j in range(per_request)]
+            k[0] += per_request
+            body, ctype = (images[0], "application/octet-stream") if per_request == 1 else multipart_body(images)
+            headers = {"Content-Type": ctype, **auth}
             try:
                 conn.request("POST", f"/predictions/{model}", body=body, headers=headers)
                 r = conn.getresponse()
@@ -147,17 +170,16 @@ def rest_caller(url: str, token: str | None, jpegs: list[bytes], model: str = "p
                 return f"{type(e).__name__}"
             if r.status != 200:
                 return f"HTTP {r.status}: {data[:100]!r}"
-            return None if "detections" in json.loads(data) else f"no detections key: {data[:100]!r}"
+            return _answered(data, per_request)
 
         return call
 
     return make
 
 
-def grpc_caller(target: str, token: str | None, jpegs: list[bytes], model: str = "polydet"):
-    """make_worker(i) for common.closed_loop: Predictions over one shared channel."""
-    import json
-
+def grpc_caller(target: str, token: str | None, jpegs: list[bytes], model: str = "polydet", per_request: int = 1):
+    """make_worker(i) for common.closed_loop: Predictions over one shared channel (``per_request`` > 1: that
+    many JPEGs in inputs image0, image1, ...)."""
     import grpc
 
     from ..serving import grpc_stubs
@@ -171,15 +193,15 @@ def grpc_caller(target: str, token: str | None, jpegs: list[bytes], model: str =
         k = [i]
 
         def call():
-            body = jpegs[k[0] % len(jpegs)]
-            k[0] += 1
-            req = pb.inference_pb2.PredictionsRequest(model_name=model, input={"data": body})
+            images = [jpegs[(k[0] + j) % len(jpegs)] for j in range(per_request)]
+            k[0] += per_request
+            inputs = {"data": images[0]} if per_request == 1 else {f"image{j}": b for j, b in enumerate(images)}
+            req = pb.inference_pb2.PredictionsRequest(model_name=model, input=inputs)
             try:
                 resp = stub.Predictions(req, metadata=metadata, timeout=120)
             except grpc.RpcError as e:
                 return f"{e.code().name}: {(e.details() or '')[:80]}"
-            d = json.loads(resp.prediction)
-            return None if "detections" in d else f"error body: {str(d)[:100]}"
+            return _answered(resp.prediction, per_request)
 
         return call
 

@@ -52,6 +52,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--naive-rounds", type=int, default=2, help="ours/naive alternations per pair")
     p.add_argument("--skip-served", action="store_true", help="no TorchServe (in-process and naive only)")
     p.add_argument("--protocols", default="REST,gRPC", help="served protocols to measure (default %(default)s)")
+    p.add_argument("--images-per-request", default="1", help="comma list: each served protocol is also measured "
+                   "with N images per request (way 'REST x8': a multipart form / several gRPC inputs; img/s "
+                   "counts images); default %(default)s")
     p.add_argument("--out", default=None, help="folder for compare.csv, compare.json and compare.png")
     return p
 
@@ -104,15 +107,28 @@ def in_process(artifact, procs: int, threads: int, batch: int, seconds: float, c
 
 # -- served side ----------------------------------------------------------------------------------
 def served_phase(ts, protocol: str, concurrency: int, seconds: float, jpegs: list[bytes],
-                 model: str = "polydet") -> dict:
+                 model: str = "polydet", per_request: int = 1) -> dict:
+    """A closed loop of ``concurrency`` clients, ``per_request`` images per request; img/s counts images."""
     token = ts.tokens.inference
-    make = (rest_caller(ts.inference_url, token, jpegs, model) if protocol == "rest"
-            else grpc_caller(ts.grpc_inference_target, token, jpegs, model))
+    make = (rest_caller(ts.inference_url, token, jpegs, model, per_request) if protocol == "rest"
+            else grpc_caller(ts.grpc_inference_target, token, jpegs, model, per_request))
     with ServerProbe(ts) as probe:
         r = closed_loop(make, concurrency, seconds, warmup_s=1.0)
-    r = {"img_per_s": r.pop("req_per_s"), **r, **probe.result}
-    r["cpu_ms_per_img"] = sum(probe.result[f"cpu_{k}_ms_per_req"] for k in ("frontend", "workers", "client"))
+    r = {"img_per_s": r["req_per_s"] * per_request, "images_per_request": per_request, **r, **probe.result}
+    r["cpu_ms_per_img"] = sum(probe.result[f"cpu_{k}_ms_per_req"] for k in ("frontend", "workers", "client")) / per_request
     return r
+
+
+def served_ways(protocols: str, per_request: str) -> list[str]:
+    """Way names: "REST" (one image per request), "REST x8" (8 per request), ... in protocol order."""
+    counts = [int(n) for n in per_request.split(",")]
+    return [p if n == 1 else f"{p} x{n}" for p in ("REST", "gRPC") if p in protocols.split(",") for n in counts]
+
+
+def way_args(way: str) -> tuple[str, int]:
+    """"gRPC x8" -> ("grpc", 8); "REST" -> ("rest", 1)."""
+    proto, _, n = way.partition(" x")
+    return proto.lower(), int(n or 1)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -137,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         import contextlib
 
         with (contextlib.nullcontext() if args.skip_served else served(store, settings, run_dir=tmp / "run")) as ts:
-            ways = ["in-process"] + ([] if args.skip_served else [w for w in ("REST", "gRPC")
-                                                                  if w in args.protocols.split(",")])
+            ways = ["in-process"] + ([] if args.skip_served else served_ways(args.protocols, args.images_per_request))
             if ts is not None:
                 # TorchServe's own round trip: the same bodies to a handler that reads nothing
                 register_model(ts, ServeSettings(workers=1, batch_size=1), archive="noop.mar", name="noop")
@@ -151,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
                         res[way] = in_process(artifact, args.workers, args.threads, args.batch_size, args.seconds,
                                               args.conf)
                     else:
-                        res[way] = served_phase(ts, way.lower(), conc, args.seconds, jpegs)
+                        res[way] = served_phase(ts, way_args(way)[0], conc, args.seconds, jpegs,
+                                                per_request=way_args(way)[1])
                     print(f"  round {r + 1} {way:>10}: {res[way]['img_per_s']:.1f} img/s", flush=True)
                 lat = {"in-process": in_process(artifact, 1, args.threads, 1, args.latency_seconds, args.conf)}
                 for way in ways[1:]:
-                    lat[way] = served_phase(ts, way.lower(), 1, args.latency_seconds, jpegs)
+                    lat[way] = served_phase(ts, way_args(way)[0], 1, args.latency_seconds, jpegs,
+                                            per_request=way_args(way)[1])
                 if ts is not None:
                     lat[NOOP] = served_phase(ts, "rest", 1, args.latency_seconds, jpegs, model="noop")
                 rounds.append((res, lat))
@@ -199,6 +216,11 @@ def summarize(rounds, naive_rows) -> dict:
         if rounds and way in rounds[0][0]:
             s[f"{way}_over_inprocess"] = med([_ratio(r[way]["img_per_s"], r["in-process"]["img_per_s"]) for r, _ in rounds])
             s[f"{way}_added_p50_ms"] = med([lat[way]["p50_ms"] - lat["in-process"]["p50_ms"] for _, lat in rounds])
+    for way in (w for w in (rounds[0][0] if rounds else {}) if " x" in w):  # N images per request vs 1
+        one = way.partition(" x")[0]
+        key = f"{way.replace(' ', '_')}_over_{one}"
+        if one in rounds[0][0]:
+            s[key] = med([_ratio(r[way]["img_per_s"], r[one]["img_per_s"]) for r, _ in rounds])
     if rounds and NOOP in rounds[0][1]:
         s["noop_REST_p50_ms"] = med([lat[NOOP]["p50_ms"] for _, lat in rounds])
         # the target: what serving adds beyond TorchServe's own round trip (<= 1 ms)
@@ -224,7 +246,8 @@ def _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summar
     head = (f"{t_begin}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}; weights: {wname}; "
             f"imgsz {imgsz}; {settings.label()}; CPU budget {budget} torch threads in total; "
             f"throughput at {conc} clients, {args.seconds:g} s x {args.rounds} rounds")
-    cols = ["round", "way", "metric", "img_per_s", "p50_ms", "p99_ms", "failures", "cpu_ms_per_img", "queue_ms",
+    cols = ["round", "way", "metric", "img_per_s", "images_per_request", "p50_ms", "p99_ms", "failures",
+            "cpu_ms_per_img", "queue_ms",
             "frontend_latency_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
             "PolydetPostprocessMs_avg", "PolydetBatchSize_avg", "cpu_frontend_ms_per_req", "cpu_workers_ms_per_req",
             "cpu_client_ms_per_req"]

@@ -67,7 +67,7 @@ def plot_compare(rows: list[dict], png: str | Path, title: str = "") -> Path:
     for ax, rs, key, ylabel in ((a, tput, "img_per_s", "images / s"), (b, lat, "p50_ms", "p50 ms, concurrency 1")):
         names = [r["way"] for r in rs]
         vals = [_num(r[key]) for r in rs]
-        colors = ["C1" if "naive" in n else "C2" if n in ("REST", "gRPC") else "C0" for n in names]
+        colors = ["C1" if "naive" in n else "C2" if n.split(" x")[0] in ("REST", "gRPC") else "C0" for n in names]
         bars = ax.bar(range(len(vals)), vals, color=colors)  # blue: in-process, green: served, orange: naive
         ax.set_xticks(range(len(vals)), names, rotation=20, ha="right", fontsize=8)
         ax.bar_label(bars, fmt="%.1f", fontsize=8)

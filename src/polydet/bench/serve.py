@@ -140,6 +140,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="rest", choices=["rest", "grpc", "both"])
     p.add_argument("--out", default="benchmarks/results/loadtest", help="folder for CSV, HTML and PNG")
     p.add_argument("--sizes", default="320,640,1024,1600", help="long sides of the JPEG pool")
+    p.add_argument("--images-per-request", type=int, default=1, help="images in each request (a multipart form / "
+                   "several gRPC inputs when > 1; the locustfile's POLYDET_IMAGES_PER_REQUEST)")
     p.add_argument("--url", help="use a running server: inference URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--grpc-target", help="use a running server: gRPC inference host:port")
     p.add_argument("--key-file", help="key_file.json of the running server (none: auth off)")
@@ -169,13 +171,15 @@ def locust_step(users: int, seconds: float, out: Path, user_class: str, env: dic
     s = json.loads(summary.read_text())
     return {"protocol": "grpc" if user_class == "GrpcUser" else "rest", "users": users,
             **{k: s[k] for k in ("requests", "failures", "req_per_s", "p50_ms", "p95_ms", "p99_ms", "mean_ms")},
+            "images_per_request": s.get("images_per_request", 1), "img_per_s": s.get("img_per_s", s["req_per_s"]),
             "failure_reasons": "; ".join(s["failure_reasons"])[:500]}
 
 
 def run_load(users: list[int], seconds: float, out: Path, protocols: list[str], url: str, grpc_target: str,
-             key_file: str | None, sizes: str) -> list[dict]:
+             key_file: str | None, sizes: str, images_per_request: int = 1) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     env = {"POLYDET_KEY_FILE": key_file or "none", "POLYDET_GRPC_TARGET": grpc_target or "",
+           "POLYDET_IMAGES_PER_REQUEST": str(images_per_request),
            "POLYDET_SIZES": sizes, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     rows = []
     for proto in protocols:
@@ -210,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
             url, target, key_file = ts.inference_url, ts.grpc_inference_target, str(ts.key_file)
             where = f"TorchServe pid {ts.pid} ({settings.label()}, weights {args.weights or weights_or_random()})"
         print(f"load test against {where}", flush=True)
-        rows = run_load(users, args.seconds, out, protocols, url, target, key_file, args.sizes)
+        rows = run_load(users, args.seconds, out, protocols, url, target, key_file, args.sizes,
+                        args.images_per_request)
     summary = out / "summary.csv"
     write_csv(rows, summary)
     png = plot_load(rows, out / "load.png", title=f"{time.strftime('%Y-%m-%d')}, polydet served, {where}")
-    cols = ["protocol", "users", "requests", "failures", "req_per_s", "p50_ms", "p95_ms", "p99_ms"]
+    cols = ["protocol", "users", "images_per_request", "requests", "failures", "req_per_s", "img_per_s", "p50_ms",
+            "p95_ms", "p99_ms"]
     print(f"\n{time.strftime('%Y-%m-%d')}, {where}, {args.seconds:g} s per step\n")
     print(table(rows, cols))
     print(f"\nwrote {summary}, {png} and locust's CSV/HTML per step in {out}")

@@ -53,11 +53,14 @@ def input_names(n: int) -> list[str]:
     return [f"image{i}" for i in range(n)]
 
 
-def _check_results(body, status) -> list:
+def _check_results(body, status, bare: bool = False) -> list:
     """A multi-image answer -> its per-image results (also when every image failed: the results are the
-    answer); a request refused whole raises ClientError."""
+    answer); a request refused whole raises ClientError. ``bare``: one image sent as one form field or gRPC
+    input, which the server answers as a single-image request (the contract or the error, not a list)."""
     if isinstance(body, dict) and isinstance(body.get("results"), list):
         return body["results"]
+    if bare and isinstance(body, dict) and ("detections" in body or "error" in body):
+        return [body]
     if isinstance(body, dict) and "error" in body:
         raise ClientError(body.get("code", status), body["error"], body)
     raise ClientError(status, f"unexpected answer to a multi-image request: {str(body)[:200]}", body)
@@ -136,13 +139,14 @@ class RestClient:
             kw = {"files": [(n, (n, b, "application/octet-stream")) for n, b in zip(input_names(len(data)), data)]}
         else:
             raise ValueError(f"mode must be json or multipart for several images, got {mode!r}")
+        bare = mode == "multipart" and len(data) == 1
         try:
             body = self._call("POST", url, "inference", **kw)
         except ClientError as e:  # every image failed: the status is the first one's, the results are there
-            if isinstance(e.body, dict) and isinstance(e.body.get("results"), list):
-                return e.body["results"]
+            if isinstance(e.body, dict) and (isinstance(e.body.get("results"), list) or (bare and "error" in e.body)):
+                return _check_results(e.body, e.status, bare)
             raise
-        return _check_results(body, 200)
+        return _check_results(body, 200, bare)
 
     def ping(self) -> dict:
         return self._call("GET", f"{self.url}/ping", "inference")
@@ -249,7 +253,7 @@ class GrpcClient:
             raise ValueError(f"mode must be json or keys for several images, got {mode!r}")
         req = self.pb.inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input=inputs)
         resp = self._call(self.inference.Predictions, req, "inference")
-        return _check_results(json.loads(resp.prediction), "OK")
+        return _check_results(json.loads(resp.prediction), "OK", bare=mode == "keys" and len(data) == 1)
 
     def ping(self) -> dict:
         from google.protobuf import empty_pb2
