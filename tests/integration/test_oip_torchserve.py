@@ -201,7 +201,7 @@ def test_a_bad_image_is_an_error_in_its_place_and_the_worker_survives(server, pb
     ({"options": {"nms": 1}}, grpc.StatusCode.INVALID_ARGUMENT, "unknown option(s) ['nms']"),
     ({"options": {"max_det": 301}}, grpc.StatusCode.INVALID_ARGUMENT, "max_det 301 is above this server's limit of 300"),
     ({"images": [b"x"] * 17}, grpc.StatusCode.RESOURCE_EXHAUSTED,
-     "17 images in one request; at most 16 (handler.max_images_per_request)"),
+     "17 images in one request; this server takes at most 16 (handler.max_images_per_request)"),
     ({"images": [b"junk", b"also junk"]}, grpc.StatusCode.INVALID_ARGUMENT, "cannot decode image"),
     ({"images": [gif(), b"junk"]}, grpc.StatusCode.FAILED_PRECONDITION, "unsupported image format GIF"),  # the first's
     ({"images": []}, grpc.StatusCode.INVALID_ARGUMENT, "input 'images' is empty; send at least one image"),

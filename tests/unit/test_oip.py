@@ -179,8 +179,13 @@ def test_the_layout_through_a_detection_service_end_to_end():
 
 def test_decode_inputs_enforces_the_request_limits():
     assert oip.decode_inputs({"images": [b"ab", b"cd"]}, max_images=2, max_bytes=4) == ([b"ab", b"cd"], {})
-    for kw, reason in (({"max_images": 1}, "2 images in one request; at most 1 (handler.max_images_per_request)"),
-                       ({"max_bytes": 3}, "4 bytes of images in one request; at most 3 (handler.max_request_bytes)")):
+    from polydet.serving.parse import RequestTooLargeError
+
+    assert oip.RequestTooLargeError is RequestTooLargeError  # one owner, the REST path's
+    for kw, reason in (({"max_images": 1}, "2 images in one request; this server takes at most 1 "
+                                           "(handler.max_images_per_request)"),
+                       ({"max_bytes": 3}, "the request's images total 4 bytes; this server takes at most 3 per "
+                                          "request (handler.max_request_bytes)")):
         with pytest.raises(oip.RequestTooLargeError) as e:
             oip.decode_inputs({"images": [b"ab", b"cd"]}, **kw)
         assert str(e.value) == reason and e.value.http_status == 413

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, quote
 from ..results import Detections, ImageError
+from .parse import RequestTooLargeError  # noqa: F401 - one owner (413); oip.RequestTooLargeError stays a name
 
 # Datatype names of the protocol and the numpy dtype of each (BYTES: an object array of bytes).
 NUMPY_DTYPES = {"BYTES": np.dtype(object), "FP32": np.dtype(np.float32), "INT32": np.dtype(np.int32)}
@@ -50,12 +51,6 @@ LAYOUT = ("ragged: polygons FP32 [T,4,2] (original-image pixels, corners TL,TR,B
           "says how many rows image i owns (rows sum(counts[:i]) .. +counts[i]); status INT32 [N] is 200 or "
           "that image's error status; results BYTES [N] is the REST API's JSON per image (the output "
           "contract or {\"error\", \"code\"})")
-
-
-class RequestTooLargeError(InvalidInputError):
-    """More images, or more image bytes, than one request may carry. HTTP 413."""
-
-    http_status = 413
 
 
 @dataclass(frozen=True)
@@ -159,13 +154,13 @@ def decode_inputs(tensors: Mapping[str, Any], datatypes: Mapping[str, str] | Non
     items = _elements("images", tensors["images"])
     if not items:
         raise InvalidInputError("input 'images' is empty; send at least one image")
-    if max_images is not None and len(items) > max_images:
-        raise RequestTooLargeError(f"{len(items)} images in one request; at most {max_images} "
+    if max_images is not None and len(items) > max_images:  # the REST path's words (polydet.serving.parse)
+        raise RequestTooLargeError(f"{len(items)} images in one request; this server takes at most {max_images} "
                                    "(handler.max_images_per_request)")
     images = [_image_bytes(i, item) for i, item in enumerate(items)]
-    if max_bytes is not None and sum(map(len, images)) > max_bytes:
-        raise RequestTooLargeError(f"{sum(map(len, images))} bytes of images in one request; at most {max_bytes} "
-                                   "(handler.max_request_bytes)")
+    if max_bytes is not None and (total := sum(map(len, images))) > max_bytes:
+        raise RequestTooLargeError(f"the request's images total {total} bytes; this server takes at most "
+                                   f"{max_bytes} per request (handler.max_request_bytes)")
     return images, (_options(tensors["options"]) if "options" in tensors else {})
 
 
