@@ -59,7 +59,7 @@ def _infer(front, images, mode="http-binary", options=None):
 
 def _metric(front, name: str) -> float:
     text = requests.get(f"http://127.0.0.1:{front.metrics_port}/metrics", timeout=10).text
-    return float(re.search(rf'^{name}{{model="polydet",version="1"}} (\S+)$', text, re.M).group(1))
+    return float(re.search(rf'^{name}{{model="polydet",version="1"}} (\S+)$', text, re.MULTILINE).group(1))
 
 
 def test_binds_loopback_only_and_serves_the_layout_with_a_batch_axis(front):

@@ -13,9 +13,9 @@ Runs in the kserve venv before ``kserve.ModelServer`` is built. Each was seen ag
 
 from __future__ import annotations
 
-from grpc import aio
-from fastapi.responses import JSONResponse
 import orjson
+from fastapi.responses import JSONResponse
+from grpc import aio
 
 HEADER = b"inference-header-content-length"
 
@@ -23,7 +23,10 @@ HEADER = b"inference-header-content-length"
 def _bind(host: str) -> None:
     import kserve.model_server as ms
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb
-    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+    from kserve.protocol.grpc.interceptors import (
+        ExceptionToStatusInterceptor,
+        LoggingInterceptor,
+    )
     from kserve.protocol.grpc.servicer import InferenceServicer
 
     class Rest(ms.RESTServer):

@@ -151,7 +151,10 @@ DEFAULT_PORTS = {"kserve": (8080, 8081, None), "triton": (8000, 8001, 8002)}
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="polydet front", description="serve polydet over the Open Inference "
-                                "Protocol with KServe or Triton (PyTriton), each in its own venv (built once)")
+                                "Protocol with KServe or Triton (PyTriton), each in its own venv (built once)",
+                                epilog="Other options go to the front: --model-config Y (an archive's "
+                                "model-config.yaml: thresholds, limits), --name N; triton: --max-batch-size, "
+                                "--max-queue-delay-us. `kill PID` or Ctrl-C stops the front (tritonserver too).")
     p.add_argument("server", choices=sorted(SPECS))
     p.add_argument("--artifact", help="TorchScript/ONNX artifact or checkpoint (default: the bundled weights)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s: loopback only)")
