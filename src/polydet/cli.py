@@ -28,6 +28,7 @@ EXTERNAL = {
     "qat": ("polydet.optimize.qat", "quantization-aware training: fake-quant fine-tuning -> a QDQ ONNX (INT8)"),
     "doctor": ("polydet.doctor", "installed runtimes and converters vs the pinned versions, with the fix for each"),
     "kserve-layout": ("polydet.serving.kserve_layout", "TorchServe-in-KServe layout: config/ + model-store/ (kservev2)"),
+    "front": ("polydet.fronts.launch", "serve over the Open Inference Protocol with KServe or Triton (own venv, built once)"),
 }
 DATA_MODULE = "polydet.data.synth"
 # `polydet data SUB ...` -> the module whose main() takes the rest
