@@ -28,7 +28,7 @@ def _ops(path) -> collections.Counter:
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("qat") / "q.onnx"
-    return Q.qat(BUNDLED, out, SHORT, log=lambda *_: None)
+    return Q.qat(BUNDLED, out, SHORT, log=lambda *a, **k: None)
 
 
 def test_a_short_run_writes_a_qdq_onnx_that_describes_itself(short_run):

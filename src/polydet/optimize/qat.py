@@ -53,6 +53,7 @@ class QatConfig:
     workers: int = 1  # loader processes rendering scenes
     seed: int = 0  # data seed: training scenes 1000 + 1000*seed + epoch, never a validation seed
     time_budget_s: float | None = None  # stop training early (the export still runs) after this long
+    device: str = "cpu"  # where the fine-tune runs (cuda: scripts/gpu_qat.sh); export and checks run on the CPU
 
     def __post_init__(self):
         if self.steps < 0 or self.batch < 1 or self.observe_batches < 1 or not 0 <= self.freeze_at <= 1:
@@ -150,8 +151,10 @@ def finetune(model: nn.Module, imgsz: int, cfg: QatConfig, log=print) -> dict:
     """Observe, then train with fake quantization on; returns what happened (steps run, losses, seconds)."""
     from ..train.loss import PolygonLoss
 
+    dev = torch.device(cfg.device)
+    model.to(dev)
     loss_fn = PolygonLoss(model, imgsz=imgsz)
-    data = _batches(cfg, imgsz, cfg.observe_batches + cfg.steps)
+    data = ((i.to(dev), t.to(dev)) for i, t in _batches(cfg, imgsz, cfg.observe_batches + cfg.steps))
     t0 = time.monotonic()
     model.eval()  # BN is folded; eval only changes the head's output, not needed while observing
     set_phase(model, observe=True, fake_quant=False)
@@ -177,9 +180,10 @@ def finetune(model: nn.Module, imgsz: int, cfg: QatConfig, log=print) -> dict:
         losses.append(loss.detach().item() / imgs.shape[0])
         done += 1
         if done % 25 == 0:
-            log(f"qat step {done}/{cfg.steps}: loss {sum(losses[-25:]) / 25:.4f} ({time.monotonic() - t0:.0f} s)")
+            log(f"qat step {done}/{cfg.steps}: loss {sum(losses[-25:]) / 25:.4f} ({time.monotonic() - t0:.0f} s)",
+                flush=True)
     set_phase(model, observe=False, fake_quant=True)
-    model.eval()
+    model.eval().cpu()
     return {"steps": done, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "seconds": round(time.monotonic() - t0, 1)}
 
@@ -272,6 +276,7 @@ def make_parser() -> argparse.ArgumentParser:
                                      ("--observe-batches", "observe_batches", int, "batches setting the first ranges"),
                                      ("--freeze-at", "freeze_at", float, "fraction of steps after which ranges freeze"),
                                      ("--workers", "workers", int, "loader processes"), ("--seed", "seed", int, "data seed"),
+                                     ("--device", "device", str, "fine-tune on this device"),
                                      ("--time-budget", "time_budget_s", float, "stop training after this many seconds")):
         p.add_argument(flag, dest=field, type=kind, default=getattr(d, field), help=f"{help_} (default %(default)s)")
     p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
