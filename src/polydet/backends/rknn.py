@@ -3,9 +3,11 @@
 Two runtimes, chosen when the artifact is opened (``runtime=`` forces one):
 - ``"board"``: rknn-toolkit-lite2's ``RKNNLite`` on an RK3588 (aarch64) board, when ``rknnlite`` imports.
   UNTESTED: no RK3588 board is reachable from this project's machines, and rknn-toolkit-lite2 has no x86
-  wheel. Written against its documented API (load_rknn, init_runtime(core_mask), inference).
+  wheel (PyPI has 2.5.0 for aarch64 only). Written against the signatures in that wheel's rknnlite/api/
+  rknn_lite.py (load_rknn, init_runtime(core_mask=NPU_CORE_AUTO), inference(inputs, data_format), release).
 - ``"simulator"``: rknn-toolkit2's PC simulator in its own venv (export/rknn_sim.py), which rebuilds the
-  model from ``NAME.split.onnx`` and its recipe: what tests, ``polydet eval`` and the export check run here.
+  model from ``NAME.split.onnx`` and its recipe (at the first inference, not when opened): what tests,
+  ``polydet eval`` and the export check run here.
 
 The artifact takes one image (batch 1, fixed size) in float32; its two outputs (coords, scores) are put
 back together into the pipeline's (B, N, 9+nc) layout.

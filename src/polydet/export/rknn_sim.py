@@ -28,28 +28,36 @@ START_TIMEOUT_S = 600  # building (int8: calibrating) before the first inference
 
 
 class Simulator:
-    """``sim(x: (1,3,S,S) float32) -> (coords (1,N,8), scores (1,N,1+nc))``; ``close()`` stops the child."""
+    """``sim(x: (1,3,S,S) float32) -> (coords (1,N,8), scores (1,N,1+nc))``; ``close()`` stops the child.
+    The recipe is read when it is made; the child builds the model at the first call (opening an artifact
+    only for its metadata costs no build)."""
 
     def __init__(self, artifact: Path, info: ModelInfo):
-        split = split_path(artifact)
-        self.recipe = read_recipe(split)
-        self._tmp = tempfile.TemporaryDirectory(prefix="polydet-rknn-sim-")
-        tmp = Path(self._tmp.name)
-        job = tool_job(split, self.recipe, info, tmp)
-        self._log = open(tmp / "simulator.log", "w+b")
+        self.artifact, self.info = Path(artifact), info
+        self.recipe = read_recipe(split_path(artifact))
+        self.proc: subprocess.Popen | None = None
+        self._finalizer = None
+
+    def start(self) -> None:
+        """Build the model in the simulator's child process (the venv first, if it is not built yet)."""
+        tmp = tempfile.TemporaryDirectory(prefix="polydet-rknn-sim-")
+        job = tool_job(split_path(self.artifact), self.recipe, self.info, Path(tmp.name))
+        self._log = open(Path(tmp.name) / "simulator.log", "w+b")
         try:
             self.proc = envs.popen(RKNN_ENV, ["-m", TOOL, "serve", str(job)], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=self._log)
         except envs.EnvBuildError as e:
+            self._log.close()
+            tmp.cleanup()
             raise ModelLoadError(f"the RKNN simulator's venv could not be built: {e}") from e
-        self._finalizer = weakref.finalize(self, _stop, self.proc, self._log, self._tmp)
+        self._finalizer = weakref.finalize(self, _stop, self.proc, self._log, tmp)
         try:
             if recv(self.proc.stdout) is None:  # the ready marker, sent once the model is built
                 raise EOFError("the simulator exited")
         except (EOFError, ValueError, OSError) as e:
             tail = self.log_tail()
             self.close()
-            raise ModelLoadError(f"the RKNN simulator did not start for {artifact}: {tail}") from e
+            raise ModelLoadError(f"the RKNN simulator did not start for {self.artifact}: {tail}") from e
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -58,6 +66,8 @@ class Simulator:
             return "(no log)"
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.proc is None:
+            self.start()
         try:
             send(self.proc.stdin, np.ascontiguousarray(x, np.float32))
             coords, scores = recv(self.proc.stdout), recv(self.proc.stdout)
@@ -68,7 +78,8 @@ class Simulator:
             raise RuntimeError(f"the RKNN simulator failed: {self.log_tail()}") from e
 
     def close(self) -> None:
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
 
 
 def _stop(proc: subprocess.Popen, log, tmp) -> None:
