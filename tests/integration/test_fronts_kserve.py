@@ -98,16 +98,26 @@ def test_options_apply_and_bad_options_are_a_400_with_the_reason(front, oracle):
 def test_a_single_bad_image_is_its_4xx_with_the_reason_and_the_server_answers_after(front, oracle):  # noqa: F811
     from tritonclient.utils import InferenceServerException
 
-    for bad, status in ((b"not an image", 400), (GIF, 415)):
+    for bad, status, code in ((b"not an image", 400, "INVALID_ARGUMENT"), (GIF, 415, "FAILED_PRECONDITION")):
         reason = oracle.detect_images([bad])[0][0].reason
         with pytest.raises(InferenceServerException) as e:
             _http_infer(front, [bad])
         assert (e.value.status(), e.value.message()) == (str(status), reason)
         with pytest.raises(InferenceServerException) as e:
             _grpc_infer(front, [bad])
-        assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and e.value.message() == reason
+        assert (e.value.status(), e.value.message()) == (f"StatusCode.{code}", reason)
     assert front.proc.poll() is None
     assert_same_as_oracle(_grpc_infer(front, good_images()[:1]), oracle.detect_images(good_images()[:1])[0])
+
+
+def test_a_request_over_the_image_limit_is_a_413(front, oracle):  # noqa: F811
+    from tritonclient.utils import InferenceServerException
+
+    n = oracle.config.max_images_per_request + 1
+    for infer, status in ((_http_infer, "413"), (_grpc_infer, "StatusCode.RESOURCE_EXHAUSTED")):
+        with pytest.raises(InferenceServerException) as e:
+            infer(front, [b"x"] * n)
+        assert e.value.status() == status and e.value.message().startswith(f"{n} images in one request")
 
 
 def test_ids_are_optional_and_echoed(front):

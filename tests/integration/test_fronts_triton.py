@@ -113,6 +113,13 @@ def test_a_single_bad_image_is_its_error_in_place_and_the_server_answers_after(f
     assert_same_as_oracle(_infer(front, good_images()[:1], "grpc"), oracle.detect_images(good_images()[:1])[0])
 
 
+def test_a_request_over_the_image_limit_is_413_in_place(front, oracle):  # noqa: F811
+    n = oracle.config.max_images_per_request + 1
+    got = _infer(front, [b"x"] * n, "grpc")
+    assert got["status"].tolist() == [[413] * n] and got["counts"].tolist() == [[0] * n]
+    assert json.loads(got["results"].reshape(-1)[0])["error"].startswith(f"{n} images in one request")
+
+
 def test_requests_sent_together_share_a_triton_batch(front, oracle):  # noqa: F811
     """Triton's own counters: 4 requests (one of them bad) sent at once run in fewer executions than requests,
     and each is answered with its own results."""

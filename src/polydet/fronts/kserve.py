@@ -10,7 +10,8 @@ KServe 0.21.0's behaviour:
 - a v2 REST body sent with neither an ``Inference-Header-Content-Length`` header nor a JSON Content-Type
   (tritonclient's JSON mode sends no Content-Type) is read as all JSON, instead of KServe's 400 "received
   byte inputs, but the 'inference-header-content-length' header is missing";
-- an image error is answered with its own status (REST) or INVALID_ARGUMENT/INTERNAL (gRPC) and its reason.
+- a failed request is answered with its own status (REST: 400, 413, 415 ...) and reason; gRPC: 400
+  INVALID_ARGUMENT, 413 RESOURCE_EXHAUSTED, other 4xx FAILED_PRECONDITION, 5xx INTERNAL (as TorchServe's OIP).
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from ..errors import InvalidInputError
 from ..serving import oip
-from .common import load_service, make_parser
+from .common import limits, load_service, make_parser
 
 
 class ImageFailed(GrpcException):
-    """Every image of a request failed: the first one's status and reason (gRPC: its code, REST: its status)."""
+    """A request failed as a whole (bad inputs or options, or every image bad: the first one's status and
+    reason). REST: that status; gRPC: the code TorchServe's OIP service gives the same status."""
 
     def __init__(self, status: int, reason: str):
-        super().__init__(reason, StatusCode.INVALID_ARGUMENT if status < 500 else StatusCode.INTERNAL)
+        code = {400: StatusCode.INVALID_ARGUMENT, 413: StatusCode.RESOURCE_EXHAUSTED}.get(
+            status, StatusCode.FAILED_PRECONDITION if status < 500 else StatusCode.INTERNAL)
+        super().__init__(reason, code)
         self.http_status = status
 
 
@@ -60,10 +64,10 @@ class PolydetModel(kserve.Model):
     def _detect(self, tensors: dict, datatypes: dict | None = None) -> list:
         with self.lock:
             try:
-                images, overrides = oip.decode_inputs(tensors, datatypes)
+                images, overrides = oip.decode_inputs(tensors, datatypes, **limits(self.service))
                 results, _ = self.service.detect_images(images, overrides)
             except InvalidInputError as e:
-                raise InvalidInput(str(e)) from e
+                raise ImageFailed(e.http_status, str(e)) from e
         error = oip.request_error(results)
         if error is not None:
             raise ImageFailed(error.status, error.reason)

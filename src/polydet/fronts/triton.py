@@ -8,7 +8,7 @@ The tensors are ``polydet.serving.oip``'s with Triton's batch axis in front: a r
 requests at once; their images go through the model as one batch (per distinct options).
 
 Errors are answered in place (``status``/``results``), including a request whose every image failed and
-bad ``options`` (each image of that request: 400 with the reason). The layout's rule would fail such a request
+bad ``options`` or a request over the handler's limits (each image of that request: 400 or 413 and the reason). The layout's rule would fail such a request
 with its status, but PyTriton 0.7.0 has one error path: an exception from the model fails the whole Triton
 batch (every request batched with it) with HTTP 500 / gRPC INTERNAL and a traceback as the message.
 
@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..results import ImageError
 from ..serving import oip
-from .common import load_service, make_parser
+from .common import limits, load_service, make_parser
 
 DTYPES = {"BYTES": np.bytes_, "FP32": np.float32, "INT32": np.int32}
 BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
@@ -52,7 +52,7 @@ class Binding:
                 tensors = {name: req[name] for name in req}
                 if "images" in tensors:
                     tensors["images"] = [_base64_text(x) for x in np.asarray(tensors["images"], object).reshape(-1)]
-                images, overrides = oip.decode_inputs(tensors)
+                images, overrides = oip.decode_inputs(tensors, **limits(self.service))
                 self.service.options_for(overrides)  # bad options: this request's error, not the batch's
                 answers.append(images)
                 groups.setdefault(json.dumps(overrides, sort_keys=True), []).append(k)
@@ -74,7 +74,7 @@ def _base64_text(item):
 def _outputs(answer, request) -> dict:
     if isinstance(answer, Exception):  # every image of the request gets the reason
         n = np.asarray(request.data.get("images", [b""]), object).size or 1
-        answer = [ImageError(400, str(answer))] * n
+        answer = [ImageError(answer.http_status, str(answer))] * n
     return {name: a[None] for name, a in oip.encode_outputs(answer).items()}  # Triton's batch axis
 
 
