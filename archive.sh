@@ -3,8 +3,8 @@
 # which also says what each archive holds). Defaults: model_store/polydet.mar (TorchScript) and
 # model_store/polydet_onnx.mar (ONNX) from the bundled weights; up-to-date archives are kept unless --force.
 # --formats int8: model_store/polydet_int8.mar, ONNX Runtime INT8 (--int8 PATH: `polydet quantize`'s output).
-# --gpu: for CUDA workers: the AOTInductor fp16 package compiled on this machine's GPU (model_store/polydet_aoti_fp16.mar)
-#        and the batching the GPU sweep chose (src/polydet/serving/archive.py GPU_BATCHING; BENCHMARKS.md).
+# --gpu: for CUDA workers: exported on this machine's GPU, with the GPU batching (src/polydet/serving/archive.py
+#        GPU_FORMATS, GPU_BATCHING; BENCHMARKS.md "GPU serving"); --formats aoti_fp16: the AOTInductor fp16 package.
 #
 # Usage: ./archive.sh [--force] [--weights PATH|random] [--artifact PATH] [--store DIR] [--formats "torchscript onnx"]
 #                     [--int8 PATH]
