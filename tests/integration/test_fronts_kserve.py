@@ -130,6 +130,17 @@ def test_ids_are_optional_and_echoed(front):
     assert r.status_code == 200 and r.json()["id"] == "req-7"
 
 
+def test_malformed_tensors_are_400s_with_the_reason(front):
+    url = f"{front.url}/v2/models/polydet/infer"
+    for tensor, words in (({"shape": [2], "datatype": "BYTES", "data": ["eHg="]}, "input 'images' (BYTES [2])"),
+                          ({"shape": [1], "datatype": "FP32", "data": [1.0]}, "input 'images' must be BYTES")):
+        r = requests.post(url, json={"inputs": [{"name": "images", **tensor}]}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"].startswith(words), r.text
+    r = requests.post(url, json={"inputs": [{"name": "pixels", "shape": [1], "datatype": "BYTES", "data": ["eHg="]}]},
+                      timeout=60)
+    assert r.status_code == 400 and "unknown input(s) ['pixels']" in r.json()["error"]
+
+
 def test_v1_predict_answers_the_rest_json(front, oracle):  # noqa: F811
     images = good_images()[:2]
     want, _ = oracle.detect_images([images[0], b"xx", images[1]])

@@ -74,7 +74,13 @@ class PolydetModel(kserve.Model):
         return results
 
     def _v2(self, req: InferRequest) -> InferResponse:
-        results = self._detect({t.name: t.as_numpy() for t in req.inputs}, {t.name: t.datatype for t in req.inputs})
+        tensors = {}
+        for t in req.inputs:
+            try:
+                tensors[t.name] = t.as_numpy()
+            except (ValueError, TypeError) as e:  # data that does not fill its declared shape, a bad datatype
+                raise ImageFailed(400, f"input {t.name!r} ({t.datatype} {t.shape}): {e}") from e
+        results = self._detect(tensors, {t.name: t.datatype for t in req.inputs})
         outputs = []
         for name, a in oip.encode_outputs(results).items():
             outputs.append(InferOutput(name, list(a.shape), oip.SPECS[name].datatype))
@@ -84,7 +90,8 @@ class PolydetModel(kserve.Model):
                              use_binary_outputs=req.use_binary_outputs, requested_outputs=req.request_outputs)
 
     def _v1(self, body: dict) -> dict:
-        if not isinstance(body, dict) or not isinstance(body.get("instances"), list) or set(body) - {"instances", "options"}:
+        if not isinstance(body, dict) or not isinstance(body.get("instances"), list) or \
+                set(body) - {"instances", "options"}:
             raise InvalidInput('v1 body: {"instances": [{"b64": "<base64 image>"}, ...], "options": {...} (optional)}')
         images = [i.get("b64") if isinstance(i, dict) else i for i in body["instances"]]
         tensors = {"images": images, **({"options": json.dumps(body["options"])} if "options" in body else {})}
