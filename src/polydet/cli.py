@@ -76,6 +76,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", type=lambda s: tuple(filter(None, s.split(","))), default=(),
                    help=f"comma-separated graph passes, run in order (known: {', '.join(PASSES) or 'none yet'})")
     p.add_argument("--calib", help="int8: calibration image folder (default: synthetic; see `polydet quantize`)")
+    targets = sorted({t for f in FORMATS.values() for t in f.targets})
+    p.add_argument("--target", choices=targets or None,
+                   help="hardware the format compiles for (rknn: rk3588; default: the format's first)")
     p.add_argument("--dynamic", action="store_true", help="any stride-aligned H x W (rectangular letterbox)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--device", default="cpu", help="device to trace on (artifacts run on any device)")
@@ -150,7 +153,8 @@ def _export(args) -> int:
         precision = "fp16"
     out, diff = export(args.weights, args.format, out=args.out, imgsz=args.imgsz, precision=precision,
                        dynamic=args.dynamic, opset=args.opset, device=args.device, cfg=args.cfg, names=names,
-                       seed=args.seed, passes=args.passes, quant={"calib": args.calib} if args.calib else None)
+                       seed=args.seed, passes=args.passes, quant={"calib": args.calib} if args.calib else None,
+                       target=args.target)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     print(f"parity vs eager model: max |diff| corners {diff['corners_px']:.3g} px, scores {diff['scores']:.3g}")
     return 0

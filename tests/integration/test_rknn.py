@@ -70,8 +70,8 @@ def test_int8_export_from_a_calibration_folder_via_the_cli(rknn_env, eager, tmp_
     calib = tmp_path / "calib"
     write_dataset(calib, 6, seed=4242, progress=False, preview=0)
     out = tmp_path / "q.rknn"
-    assert cli(["export", "--weights", WEIGHTS, "--format", "rknn", "--precision", "int8", "--calib", str(calib),
-                "--imgsz", str(IMGSZ), "--out", str(out)]) == 0
+    assert cli(["export", "--weights", WEIGHTS, "--format", "rknn", "--target", "rk3588", "--precision", "int8",
+                "--calib", str(calib), "--imgsz", str(IMGSZ), "--out", str(out)]) == 0
     assert "parity vs eager model" in capsys.readouterr().out
     recipe = read_recipe(split_path(out))
     assert recipe["int8"] is True and recipe["calib"] == str(calib) and recipe["quantized_method"] == "channel"
@@ -106,6 +106,10 @@ def test_the_split_graph_is_the_eager_model_and_onnx_runtime_refuses_it(eager, t
 def test_refusals_name_what_rknn_offers(tmp_path):
     with pytest.raises(ConfigError, match="rknn cannot be exported in fp32: it supports fp16, int8"):
         export(WEIGHTS, "rknn", out=tmp_path / "m.rknn", precision="fp32", imgsz=IMGSZ)
+    with pytest.raises(ConfigError, match="rknn cannot be exported for target 'rk3566': its targets: rk3588"):
+        export(WEIGHTS, "rknn", out=tmp_path / "m.rknn", target="rk3566", imgsz=IMGSZ)
+    with pytest.raises(ConfigError, match="onnx cannot be exported for target 'rk3588': it compiles for no hardware"):
+        export(WEIGHTS, "onnx", out=tmp_path / "m.onnx", target="rk3588", imgsz=IMGSZ)
     with pytest.raises(ConfigError, match="fixed input shape"):
         export(WEIGHTS, "rknn", out=tmp_path / "m.rknn", dynamic=True, imgsz=IMGSZ)
     with pytest.raises(ConfigError, match="has no option method, reduce_range"):

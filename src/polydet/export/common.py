@@ -25,6 +25,7 @@ class ExportJob:
     info: ModelInfo
     opset: int = 17  # ONNX opset
     quant: object = None  # int8 only: an export.int8.QuantConfig (None: its defaults)
+    target: str | None = None  # the hardware target, one of the row's ExportFormat.targets (None: it has none)
 
 
 def load_or_build(weights: str, cfg: str | None = None, names=None, imgsz=None, seed: int = 0):

@@ -22,15 +22,17 @@ from .verify import verify_artifact, verify_metadata
 def export(weights: str, fmt: str, out: str | Path | None = None, imgsz: int | None = None,
            precision: Precision | str | None = None, dynamic: bool = False, opset: int = 17,
            device: str = "cpu", cfg: str | None = None, names=None, verify: bool = True, seed: int = 0,
-           passes=(), quant=None) -> tuple[Path, dict]:
+           passes=(), quant=None, target: str | None = None) -> tuple[Path, dict]:
     """Export and verify. Returns (artifact path, max abs differences vs eager; {} without ``verify``).
 
     ``precision``: None is the format's first (fp32, or fp16 where the runtime has no fp32: rknn).
     ``out`` defaults to ``<weights stem>_<imgsz>[_<precision>]<suffix>`` (no precision part for fp32);
     ``passes``: names in ``PASSES`` that the format runs, applied in this order and recorded in the
     artifact's ModelInfo. ``quant``: an ``export.int8.QuantConfig`` for ``precision="int8"`` (None: defaults).
+    ``target``: the hardware the format compiles for, one of its row's ``targets`` (None: the first).
     """
     row, precision, passes = check_request(fmt, precision, passes, device)
+    target = check_target(row, target)
     quant = _quant_config(quant, precision)
     model, info = load_or_build(weights, cfg=cfg, names=names, imgsz=imgsz, seed=seed)
     info = dataclasses.replace(info, imgsz=imgsz or info.imgsz, precision=precision, passes=passes,
@@ -41,7 +43,7 @@ def export(weights: str, fmt: str, out: str | Path | None = None, imgsz: int | N
     out.parent.mkdir(parents=True, exist_ok=True)
     eager = model.to(device).eval()
     job = ExportJob(fused_copy(eager, precision, device), example_input(info.imgsz, precision, device), out,
-                    info, opset, quant)
+                    info, opset, quant, target)
     resolve(row.exporter)(job)
     for name in passes:
         resolve(PASSES[name])(out, info)
@@ -80,6 +82,16 @@ def check_request(fmt: str, precision, passes, device) -> tuple[ExportFormat, Pr
         if name not in row.passes:
             raise ConfigError(f"{fmt} cannot run graph pass {name!r}: its passes: {', '.join(row.passes) or 'none'}")
     return row, precision, passes
+
+
+def check_target(row: ExportFormat, target: str | None) -> str | None:
+    """The row's target for ``target`` (None: its first; None for a format that compiles for no target)."""
+    if target is None:
+        return row.targets[0] if row.targets else None
+    if target not in row.targets:
+        offered = f"its targets: {', '.join(row.targets)}" if row.targets else "it compiles for no hardware target"
+        raise ConfigError(f"{row.name} cannot be exported for target {target!r}: {offered}")
+    return target
 
 
 def _quant_config(quant, precision: Precision):

@@ -29,6 +29,7 @@ class ExportFormat:
     # files beside the artifact that it needs, archived with it: its name with the row's suffix replaced by each
     companions: tuple[str, ...] = ()
     fp16_input: bool = True  # False: its fp16 means fp16 weights taking fp32 input, exported on any device
+    targets: tuple[str, ...] = ()  # hardware it compiles for (`polydet export --target`); the first is the default
 
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
@@ -56,7 +57,8 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     # RKNN for the RK3588 NPU, built by rknn-toolkit2 in its own venv from the split-output ONNX (no fp32 on the
     # NPU: fp16 computes in fp16 on float32 input); .split.onnx: what the PC simulator rebuilds from
     ExportFormat("rknn", ".rknn", ".rknn:export_rknn", "rknn", (Precision.FP16, Precision.INT8),
-                 archive_suffix="_rknn", companions=(".json", ".split.onnx"), fp16_input=False),
+                 archive_suffix="_rknn", companions=(".json", ".split.onnx"), fp16_input=False,
+                 targets=("rk3588",)),  # the one built and simulated here; the toolkit knows more
 )}
 
 # Graph passes: name -> "module:function", called as function(path: Path, info: ModelInfo) -> None after

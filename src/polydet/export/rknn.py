@@ -32,7 +32,6 @@ from ..errors import ConfigError, ExportError, ModelLoadError, require
 from ..meta import ModelInfo, Precision
 from .common import ExportJob
 
-TARGET = "rk3588"  # the only target built and simulated here; recorded in the recipe
 TOOLKIT = "rknn-toolkit2==2.5.0"
 SPLIT_LAYOUT = "polygon-yolov5/v1-split: coords (B, N, 8) letterboxed pixels; scores (B, N, 1+nc) [obj, cls...]"
 RECIPE_KEY = META_KEY + ".rknn"  # the split ONNX's metadata key holding the build recipe
@@ -124,8 +123,8 @@ def check_quant(job: ExportJob):
     return cfg
 
 
-def recipe_of(info: ModelInfo, cfg) -> dict:
-    r = {"target": TARGET, "toolkit": TOOLKIT, "int8": cfg is not None, "outputs": ["coords", "scores"]}
+def recipe_of(target: str, cfg) -> dict:
+    r = {"target": target, "toolkit": TOOLKIT, "int8": cfg is not None, "outputs": ["coords", "scores"]}
     if cfg is not None:
         r.update(calib=cfg.calib, n_calib=cfg.n_calib, calib_seed=cfg.calib_seed, quantized_algorithm="normal",
                  quantized_method="channel")
@@ -163,7 +162,9 @@ def export_rknn(job: ExportJob) -> None:
         raise ExportError(f"an RKNN model is written as NAME.rknn, not {job.out.name}")
     if job.info.dynamic:
         raise ConfigError("rknn artifacts have a fixed input shape: export without --dynamic")
-    recipe = recipe_of(job.info, check_quant(job))
+    from .formats import FORMATS
+
+    recipe = recipe_of(job.target or FORMATS["rknn"].targets[0], check_quant(job))
     split = split_path(job.out)
     export_split_onnx(job.model, job.info, split, recipe)
     with tempfile.TemporaryDirectory(prefix="polydet-rknn-") as tmp:
