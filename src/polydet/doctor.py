@@ -245,6 +245,23 @@ def diagnose(imports: bool = True) -> tuple[str, list[Finding]]:
     return source, findings
 
 
+def backends(findings: list[Finding]) -> list[dict]:
+    """Each backend's manifest (polydet.backends: Backend.manifest()) and whether it can run here: every
+    distribution it imports installed without an error, and its isolated venv not broken (an unbuilt one
+    is built at the first use)."""
+    from .backends import backend_classes
+
+    state = {_norm(f.name): f for f in findings}
+    rows = []
+    for cls in backend_classes():
+        m = cls.manifest()
+        fine = {d: ("ok",) for d in m["runtime"]} | ({m["env"]: ("ok", "not-built")} if m["env"] else {})
+        why = [f"{d} {state[_norm(d)].status}" if _norm(d) in state else f"{d} not checked" for d in fine
+               if _norm(d) not in state or state[_norm(d)].status not in fine[d]]
+        rows.append({**m, "usable": not why, "why_not": why})
+    return rows
+
+
 def report(source: str, findings: list[Finding]) -> str:
     lines = [f"polydet doctor: versions pinned by {source}"]
     for f in findings:
@@ -271,11 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         module, _, attr = ENV_SPECS[args.build].partition(":")
         envs.ensure(getattr(importlib.import_module(module), attr))
     source, findings = diagnose(imports=not args.quick)
-    ok = not any(f.error for f in findings)
+    ok, rows = not any(f.error for f in findings), backends(findings)
     if args.json:
-        print(json.dumps({"ok": ok, "source": source, "findings": [asdict(f) for f in findings]}, indent=1))
+        print(json.dumps({"ok": ok, "source": source, "findings": [asdict(f) for f in findings], "backends": rows},
+                         indent=1))
     else:
         print(report(source, findings))
+        for b in rows:
+            state = "usable" if b["usable"] else f"not usable here ({', '.join(b['why_not'])})"
+            print(f"backend {b['name']}: {state}; {'/'.join(b['devices'])}, batch {b['batch']}, "
+                  f"{' '.join(b['precisions']) or 'any precision'}, files {' '.join(b['files'])}")
     return 0 if ok else 1
 
 

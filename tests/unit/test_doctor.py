@@ -99,3 +99,18 @@ def test_this_environment_passes(capsys):
     assert by_name["onnxruntime"]["status"] == "ok" and by_name["java"]["status"] == "ok"
     assert by_name["tensorrt"]["status"] == "not-installed"  # no host here has TensorRT
     assert {by_name[v]["status"] for v in doctor.ENV_SPECS} <= {"ok", "not-built"}
+
+
+def test_the_backends_view_comes_from_their_manifests(monkeypatch, capsys):
+    _fake_version(monkeypatch, onnxruntime="1.0.0")  # below the onnx extra's >=1.17
+    assert doctor.main(["--json", "--quick"]) == 1
+    rows = {b["name"]: b for b in json.loads(capsys.readouterr().out)["backends"]}
+    from polydet.backends import MODULES, backend_class
+
+    assert list(rows) == list(MODULES)
+    assert (rows["onnxruntime"]["usable"], rows["onnxruntime"]["why_not"]) == (False, ["onnxruntime mismatch"])
+    assert (rows["tensorrt"]["usable"], rows["tensorrt"]["why_not"]) == (False, ["tensorrt not-installed"])
+    assert rows["torchscript"]["usable"] and rows["rknn"]["usable"]  # rknn: its venv is built at the first use
+    manifest = json.loads(json.dumps(backend_class(Path("m.ncnn.param")).manifest()))
+    assert rows["ncnn"] == {**manifest, "usable": True, "why_not": []}
+    assert manifest["files"] == [".ncnn.param", ".ncnn.bin", ".ncnn.json"] and manifest["batch"] == "one"
