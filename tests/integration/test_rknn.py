@@ -49,6 +49,7 @@ def _parity(path, eager) -> dict:
         backend.close()
 
 
+@pytest.mark.slow
 def test_fp16_export_runs_in_the_simulator_within_the_fp16_tolerance(rknn_env, eager, tmp_path):
     out = tmp_path / "m.rknn"
     path, diff = export(WEIGHTS, "rknn", out=out, imgsz=IMGSZ)  # no precision: the row's first, fp16
@@ -64,6 +65,7 @@ def test_fp16_export_runs_in_the_simulator_within_the_fp16_tolerance(rknn_env, e
                       "outputs": ["coords", "scores"]}
 
 
+@pytest.mark.slow
 def test_int8_export_from_a_calibration_folder_via_the_cli(rknn_env, eager, tmp_path, capsys):
     from polydet.data.synth import write_dataset
 
