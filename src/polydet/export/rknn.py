@@ -39,8 +39,9 @@ RECIPE_KEY = META_KEY + ".rknn"  # the split ONNX's metadata key holding the bui
 # Installed with --no-deps: the toolkit's own requirements ask torch<=2.4, which PyPI has only as a CUDA build
 # (~800 MB, plus ~2.5 GB of nvidia-* libraries) and download.pytorch.org's CPU builds are not reachable here.
 # The toolkit imports torch at import time but its ONNX path never calls it: checked with torch 2.13.0 (the
-# project's CPU torch, installed from the same place as polydet's own) building fp16 and int8 for rk3588 and
-# running them in the simulator. Every other pin is the newest the toolkit's Requires-Dist allows, checked
+# project's CPU torch, which pip's configuration must provide as for polydet's own venv and the KServe one:
+# find-links, or --extra-index-url .../whl/cpu) building fp16 and int8 for rk3588 and running them in the
+# simulator. Every other pin is the newest the toolkit's Requires-Dist allows, checked
 # together the same way.
 RKNN_REQUIREMENTS = (
     TOOLKIT,  # the version checked (fp16/int8 rk3588 builds, simulator parity: tests/integration/test_rknn.py)
