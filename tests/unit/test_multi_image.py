@@ -211,3 +211,18 @@ def test_bench_helpers_for_several_images_per_request():
     assert served_ways("REST,gRPC", "1,8") == ["REST", "REST x8", "gRPC", "gRPC x8"]
     assert served_ways("gRPC", "8") == ["gRPC x8"]
     assert [way_args(w) for w in ("REST", "gRPC x8")] == [("rest", 1), ("grpc", 8)]
+
+
+def test_closed_loop_by_completion_does_not_undercount_long_calls():
+    """Calls of 0.4 s, 2 threads, a 2 s window: 5 calls/s. Counting by start over start-to-last-end says ~4.3."""
+    import time
+
+    from polydet.bench.common import closed_loop
+
+    def make(i):
+        return lambda: time.sleep(0.4)
+
+    by_end = closed_loop(make, 2, 2.0, warmup_s=0.1, by_completion=True)
+    by_start = closed_loop(make, 2, 2.0, warmup_s=0.1)
+    assert by_end["req_per_s"] == pytest.approx(5.0, rel=0.12) and by_end["failures"] == 0
+    assert by_start["req_per_s"] < 0.95 * by_end["req_per_s"]

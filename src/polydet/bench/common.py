@@ -60,12 +60,15 @@ def percentiles(seconds: list[float], qs=(50, 95, 99)) -> dict:
 
 
 def closed_loop(make_worker, concurrency: int, seconds: float, warmup_s: float = 1.0,
-                keep_latencies: bool = False) -> dict:
+                keep_latencies: bool = False, by_completion: bool = False) -> dict:
     """``concurrency`` threads, each calling its own ``make_worker(i)()`` back to back for ``seconds``.
 
     A call returns None when it succeeded, else a short failure reason. Calls that start during the
     first ``warmup_s`` are not counted. Returns requests, failures (with reasons), req_per_s and the
     latency percentiles of the successful calls (and the latencies themselves if ``keep_latencies``).
+    ``by_completion``: count the calls that *end* inside the ``seconds`` window, over that window. Counting
+    by start over start-to-last-end undercounts calls whose latency L is a good part of the window (the
+    window's first L seconds finish uncounted calls): ~0.67x for 5 s calls in a 10 s window.
     """
     lock = threading.Lock()
     lat, reasons = [], {}
@@ -84,7 +87,7 @@ def closed_loop(make_worker, concurrency: int, seconds: float, warmup_s: float =
             except Exception as e:  # noqa: BLE001 - a failed request is a data point, not a crash
                 why = f"{type(e).__name__}: {e}"[:120]
             t1 = time.perf_counter()
-            if t0 >= t_count:
+            if (t_count <= t1 <= t_end) if by_completion else t0 >= t_count:
                 if why is None:
                     mine.append(t1 - t0)
                 else:
@@ -99,7 +102,8 @@ def closed_loop(make_worker, concurrency: int, seconds: float, warmup_s: float =
         t.start()
     for t in threads:
         t.join()
-    elapsed = max(time.perf_counter() - t_count, 1e-9)  # in-flight calls at t_end finish inside this
+    # by start: in-flight calls at t_end finish inside this
+    elapsed = seconds if by_completion else max(time.perf_counter() - t_count, 1e-9)
     n_fail = sum(reasons.values())
     out = {"requests": len(lat), "failures": n_fail, "req_per_s": len(lat) / elapsed,
            "failure_reasons": "; ".join(f"{v}x {k}" for k, v in reasons.items())[:300],
