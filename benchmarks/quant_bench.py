@@ -1,12 +1,16 @@
-"""fp32 vs optimised vs INT8 PTQ variants of one model, accuracy and CPU speed, all in one run.
+"""fp32 vs optimised vs INT8 PTQ variants vs QAT of one model, accuracy, CPU speed and served throughput, in one run.
 
-    python benchmarks/quant_bench.py --weights weights/polydet_main_area.pt --n-val 300 --out benchmarks/results/quant
+    python benchmarks/quant_bench.py --weights weights/polydet_main_area.pt --n-val 300 --out benchmarks/results/quant \
+        [--qat best_224_qat.onnx] [--served-seconds 15]
 
 Every artifact is exported from the same weights; accuracy is ``polydet.evaluate`` on one synthetic labelled
 set (seed 999, the model card's validation seed; the first ``--n-val`` images); calibration uses its own
 synthetic seed (QuantConfig.calib_seed) or ``--calib``. Speed: ONNX Runtime, ``--threads`` intra-op
 threads, batch 1 latency (ms, median) and batch 8 throughput (img/s), measured interleaved over every
 artifact in the same rounds (optimize/report.measure_speed), on real letterboxed validation images.
+``--qat``: a QDQ ONNX from `polydet qat` of the same weights, added as a row (evaluated and timed like the
+others; QAT itself runs before, its own command). ``--served-seconds``: each row archived as it is and served
+by one real TorchServe (quant_served.py), REST img/s measured interleaved over ``--served-rounds`` rounds.
 Writes <out>.json and <out>.md (the table BENCHMARKS.md quotes).
 """
 
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # quant_served
 
 VARIANTS = {  # name -> export() keyword arguments
     "fp32": {},
@@ -51,13 +56,18 @@ def build(args, workdir: Path) -> dict:
     from polydet.export import export
 
     paths = {}
-    for i, (name, kw) in enumerate(VARIANTS.items()):
+    names = ["fp32", *[v for v in args.variants if v != "fp32"]] if args.variants else list(VARIANTS)  # fp32: the reference
+    chosen = {n: VARIANTS[n] for n in names}
+    for i, (name, kw) in enumerate(chosen.items()):
         kw = dict(kw)
         if "quant" in kw:
             kw["quant"] = {"calib": args.calib, "n_calib": args.n_calib, **kw["quant"]}
         t = time.perf_counter()
         paths[name], _ = export(args.weights, "onnx", out=workdir / f"v{i}.onnx", imgsz=args.imgsz, verify=False, **kw)
         print(f"built {name} in {time.perf_counter() - t:.1f} s", flush=True)
+    for spec in args.qat or ():
+        label, _, path = spec.rpartition("=")
+        paths[label or "QAT (polydet qat)"] = Path(path)
     return paths
 
 
@@ -72,6 +82,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/quant"))
     p.add_argument("--work", help="keep the artifacts and the validation set here (default: a temporary folder)")
+    p.add_argument("--variants", type=lambda v: [x.strip() for x in v.split(";") if x.strip()],
+                   help=f"';'-separated subset of the variants (default all: {'; '.join(VARIANTS)})")
+    p.add_argument("--qat", action="append", metavar="[LABEL=]PATH",
+                   help="a QDQ ONNX written by `polydet qat` from the same weights: one more row (repeatable)")
+    p.add_argument("--served-seconds", type=float, default=0.0, help="served img/s per row and round (0: not served)")
+    p.add_argument("--served-rounds", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=8, help="REST clients of the served measurement")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args, Path(args.work or tmp))
@@ -105,18 +122,29 @@ def run(args, workdir: Path) -> dict:
     speed = measure_speed(backends, batch, threads=args.threads, rounds=args.rounds)
     for name, row in rows.items():
         row.update(speed[name])
+    if args.served_seconds > 0:
+        from quant_served import served_throughput
+
+        jpegs = [p.read_bytes() for p in sorted(val.glob("*.jpg"))[:16]]
+        served = served_throughput(paths, jpegs, workdir, args.served_seconds, args.served_rounds, args.concurrency)
+        for name, row in rows.items():
+            row.update(served[name])
     return {"tolerance_int8": TOLERANCES["int8"], "weights": args.weights, "n_val": args.n_val, "calib": args.calib,
-            "n_calib": args.n_calib, "threads": args.threads, "rounds": args.rounds, "cpu": cpu_facts(), "rows": rows}
+            "n_calib": args.n_calib, "threads": args.threads, "rounds": args.rounds, "qat": args.qat,
+            "served_seconds": args.served_seconds, "served_rounds": args.served_rounds, "concurrency": args.concurrency,
+            "cpu": cpu_facts(), "rows": rows}
 
 
 def table(result: dict) -> str:
     ref = result["rows"]["fp32"]
-    lines = [("| variant | mAP50 | mAP50-95 | ms/img batch 1 | x fp32 | img/s batch 8 | x fp32 | MB | export check "
-              "(corners px / scores) |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| variant | mAP50 | mAP50-95 | ms/img batch 1 | x fp32 | img/s batch 8 | x fp32 | served img/s | x fp32 "
+              "| MB | export check (corners px / scores) |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
+        served = (f"{r['served_img_s']:.1f} | {r['served_img_s'] / ref['served_img_s']:.2f}" if "served_img_s" in r
+                  else "- | -")
         lines.append(f"| {name} | {r['map50']:.4f} | {r['map']:.4f} | {r['ms_batch1']:.2f} | "
                      f"{r['ms_batch1'] / ref['ms_batch1']:.2f} | {r['img_s_batch8']:.1f} | "
-                     f"{r['img_s_batch8'] / ref['img_s_batch8']:.2f} | {r['mb']:.2f} | "
+                     f"{r['img_s_batch8'] / ref['img_s_batch8']:.2f} | {served} | {r['mb']:.2f} | "
                      f"{r['parity_corners_px']:.3g} / {r['parity_scores']:.3g} |")
     return "\n".join(lines) + "\n"
 
