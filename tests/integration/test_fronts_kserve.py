@@ -110,14 +110,21 @@ def test_a_single_bad_image_is_its_4xx_with_the_reason_and_the_server_answers_af
     assert_same_as_oracle(_grpc_infer(front, good_images()[:1]), oracle.detect_images(good_images()[:1])[0])
 
 
-def test_a_request_over_the_image_limit_is_a_413(front, oracle):  # noqa: F811
+def test_requests_over_the_handler_limits_are_413s(front, oracle):  # noqa: F811
+    """Over max_images_per_request, and over max_request_bytes (16 MiB: above KServe's own gRPC message limit
+    of 8 MiB, which the front raises so that polydet answers)."""
     from tritonclient.utils import InferenceServerException
 
     n = oracle.config.max_images_per_request + 1
+    half = oracle.config.max_request_bytes // 2 + 2**18  # two of them: 0.5 MiB over the limit
     for infer, status in ((_http_infer, "413"), (_grpc_infer, "StatusCode.RESOURCE_EXHAUSTED")):
         with pytest.raises(InferenceServerException) as e:
             infer(front, [b"x"] * n)
         assert e.value.status() == status and e.value.message().startswith(f"{n} images in one request")
+        with pytest.raises(InferenceServerException) as e:
+            infer(front, [b"x" * half] * 2)
+        assert e.value.status() == status
+        assert e.value.message().startswith(f"the request's images total {2 * half} bytes")
 
 
 def test_ids_are_optional_and_echoed(front):

@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser("kserve", 8080, 8081).parse_args(argv)
     from . import kserve_fixes
 
-    kserve_fixes.apply(args.host, ImageFailed)
-    model = PolydetModel(args.name, load_service(args))
+    service = load_service(args)
+    kserve_fixes.apply(args.host, ImageFailed, service.config.max_request_bytes)
+    model = PolydetModel(args.name, service)
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1).start([model])
     return 0
 

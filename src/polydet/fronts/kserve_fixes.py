@@ -1,7 +1,8 @@
 """Where KServe 0.21.0's server falls short of the protocol for polydet, and the fix for each (``apply``).
 Runs in the kserve venv before ``kserve.ModelServer`` is built. Each was seen against tritonclient 2.73.0:
 
-1. It binds 0.0.0.0 (REST, uvicorn) and [::] (gRPC), hard-coded: ``--host`` is bound instead.
+1. It binds 0.0.0.0 (REST, uvicorn) and [::] (gRPC), hard-coded: ``--host`` is bound instead (and gRPC
+   takes messages up to the handler's request limit).
 2. tritonclient's JSON mode sends its body without a Content-Type; FastAPI then leaves it as bytes and
    KServe answers 400 "received byte inputs, but the 'inference-header-content-length' header is missing".
    A v2 infer POST with neither that header nor a Content-Type is marked application/json (what it is).
@@ -20,7 +21,7 @@ from grpc import aio
 HEADER = b"inference-header-content-length"
 
 
-def _bind(host: str) -> None:
+def _bind(host: str, max_message: int) -> None:
     import kserve.model_server as ms
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb
     from kserve.protocol.grpc.interceptors import (
@@ -40,8 +41,8 @@ def _bind(host: str) -> None:
 
             self._server = aio.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                                       interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
-                                      options=[(f"grpc.{k}", self._kwargs.get(f"grpc_{k}")) for k in (
-                                          "max_send_message_length", "max_receive_message_length")])
+                                      options=[("grpc.max_send_message_length", max_message),
+                                               ("grpc.max_receive_message_length", max_message)])
             pb.add_GRPCInferenceServiceServicer_to_server(
                 InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
             self._server.add_insecure_port(f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}")
@@ -96,11 +97,13 @@ def _binary_inputs_as_bytes() -> None:
     dataplane.InferRequest = Request
 
 
-def apply(host: str, error_type: type) -> None:
-    """All four fixes; ``error_type`` has ``http_status`` and ``details`` (the reason)."""
+def apply(host: str, error_type: type, max_request_bytes: int) -> None:
+    """All four fixes; ``error_type`` has ``http_status`` and ``details`` (the reason). gRPC messages may be
+    as large as the handler's request limit plus room for the tensors' framing (KServe's default, 8 MiB, is
+    below polydet's 16 MiB: grpc would refuse such a request before polydet's own 413)."""
     import kserve.model_server as ms
 
-    _bind(host)
+    _bind(host, max(8 * 2**20, max_request_bytes + 2**20))
     _json_without_content_type(ms.app)
     _binary_inputs_as_bytes()
     ms.app.add_exception_handler(error_type, lambda _, e: JSONResponse({"error": e.details}, e.http_status))
