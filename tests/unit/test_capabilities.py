@@ -72,3 +72,18 @@ def test_a_loaded_artifact_agrees_with_its_declaration(fmt, tmp_path):
     assert isinstance(backend, Backend) and backend.device.type in caps.devices
     assert backend.max_batch is None and caps.batch == "dynamic"  # exported with a dynamic batch
     assert backend.precision.value in type(backend).manifest()["precisions"]
+
+
+def test_eval_takes_another_input_size_only_where_the_backend_declares_any(tmp_path):
+    """polydet.evaluate asks capabilities.shapes: the eager checkpoint runs at 256, a fixed ONNX refuses it."""
+    from polydet.data.synth import write_dataset
+    from polydet.evaluate import evaluate_artifact
+
+    data = tmp_path / "val"
+    write_dataset(data, 2, seed=999, progress=False, preview=0)
+    onnx_path, _ = export("random", "onnx", out=tmp_path / "m.onnx", imgsz=64, verify=False)
+    with pytest.raises(ValueError, match="is a fixed 64 px export: --imgsz 96 needs an eager checkpoint"):
+        evaluate_artifact(onnx_path, data, imgsz=96)
+    weights = SRC / "assets" / "polydet_main_area.pt"
+    assert load_backend(weights).capabilities.shapes == "any"
+    assert set(evaluate_artifact(weights, data, imgsz=256)) >= {"map50", "map"}
