@@ -126,6 +126,24 @@ def _client_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
 
 
+def _ensure(spec: envs.EnvSpec, log, every: float = 30.0) -> None:
+    """envs.ensure, saying every ``every`` seconds that pip is still at it (a first build takes minutes)."""
+    import threading
+
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def tick():
+        while not done.wait(every):
+            log(f"[polydet env {spec.name}] still installing ({time.monotonic() - t0:.0f} s)")
+    if not envs.is_ready(spec):
+        threading.Thread(target=tick, daemon=True).start()
+    try:
+        envs.ensure(spec, log=log)
+    finally:
+        done.set()
+
+
 def start(name: str, artifact: str | Path, run_dir: str | Path, http_port: int, grpc_port: int,
           metrics_port: int | None = None, extra: tuple[str, ...] = (), host: str = "127.0.0.1",
           log=lambda m: print(m, file=sys.stderr)) -> Front:
@@ -138,7 +156,7 @@ def start(name: str, artifact: str | Path, run_dir: str | Path, http_port: int, 
             "--http-port", str(http_port), "--grpc-port", str(grpc_port), *extra]
     if metrics_port is not None:
         args += ["--metrics-port", str(metrics_port)]
-    envs.ensure(SPECS[name], log=log)
+    _ensure(SPECS[name], log)
     env = dict(os.environ, TMPDIR=str(run_dir / "tmp"), PYTHONUNBUFFERED="1")
     with open(run_dir / "front.log", "ab") as out:
         proc = envs.popen(SPECS[name], args, cwd=run_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
