@@ -262,11 +262,15 @@ def backends(findings: list[Finding]) -> list[dict]:
     return rows
 
 
-def report(source: str, findings: list[Finding]) -> str:
+def report(source: str, findings: list[Finding], rows: list[dict]) -> str:
     lines = [f"polydet doctor: versions pinned by {source}"]
     for f in findings:
         lines.append(f"{f.status:>13}  {f.name} {f.found or '-'} ({f.group}: {f.want or 'any'})"
                      + (f"  -> {f.fix}" if f.status != "ok" and f.fix else "") + (f"  [{f.detail}]" if f.error else ""))
+    for b in rows:
+        state = "usable" if b["usable"] else f"not usable here ({', '.join(b['why_not'])})"
+        lines.append(f"backend {b['name']}: {state}; {'/'.join(b['devices'])}, batch {b['batch']}, "
+                     f"{' '.join(b['precisions']) or 'any precision'}, files {' '.join(b['files'])}")
     bad = [f for f in findings if f.error]
     lines.append(f"{len(bad)} problem(s)" if bad else "no problems")
     return "\n".join(lines)
@@ -293,11 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"ok": ok, "source": source, "findings": [asdict(f) for f in findings], "backends": rows},
                          indent=1))
     else:
-        print(report(source, findings))
-        for b in rows:
-            state = "usable" if b["usable"] else f"not usable here ({', '.join(b['why_not'])})"
-            print(f"backend {b['name']}: {state}; {'/'.join(b['devices'])}, batch {b['batch']}, "
-                  f"{' '.join(b['precisions']) or 'any precision'}, files {' '.join(b['files'])}")
+        print(report(source, findings, rows))
     return 0 if ok else 1
 
 

@@ -69,6 +69,7 @@ def test_a_missing_core_package_fails_but_a_missing_extra_is_only_noted(monkeypa
     text = capsys.readouterr().out
     assert "      missing  numba - (core: <0.69,>=0.68)  -> pip install 'numba<0.69,>=0.68'" in text
     assert "not-installed  MNN - (mnn: ==3.6.1)  -> pip install 'polydet[mnn]'" in text
+    assert "backend mnn: not usable here (MNN not-installed); cpu, batch dynamic, fp32, files .mnn .json" in text
     assert text.rstrip().endswith("1 problem(s)")
 
 
