@@ -62,7 +62,9 @@ TOOL = "polydet.export.rknn_tool"
 
 class SplitDetect(torch.nn.Module):
     """The polygon head's eval decode with corners and scores kept apart: ``(coords (B,N,8), scores (B,N,1+nc))``,
-    the same rows as ``PolygonDetect``'s ``(B, N, 9+nc)`` split at column 8."""
+    the same rows as ``PolygonDetect``'s ``(B, N, 9+nc)`` split at column 8. It repeats ``PolygonDetect._decode``
+    without the final cat (slicing the cat's result would leave a mixed tensor, one int8 scale, in the graph);
+    the export's parity check and tests/integration/test_rknn.py hold the two equal."""
 
     def __init__(self, det):
         super().__init__()
