@@ -38,7 +38,7 @@ def test_a_short_run_writes_a_qdq_onnx_that_describes_itself(short_run):
     assert backend.info.precision is Precision.INT8 and backend.info.imgsz == 224
     recipe = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["polydet.int8"])
     assert recipe == {"method": "qat", "steps": 2, "batch": 2, "lr": SHORT.lr, "seed": 0,
-                      "reduce_range": not cpu_has_vnni(), "per_channel": True, "exclude": "head"}
+                      "reduce_range": not cpu_has_vnni(), "per_channel": True, "exclude": "head", "graph": "qat"}
     ops = _ops(out)
     assert ops["QuantizeLinear"] == ops["DequantizeLinear"] == 3 * 57  # input, weight, output of 57 convs
 
@@ -76,11 +76,33 @@ def test_parity_with_the_fake_quant_model_is_checked(short_run):
     assert all(d[k] <= v for k, v in Q.QAT_PARITY.items())
 
 
+def test_the_ort_graph_is_ptqs_graph_with_the_fine_tuned_weights(tmp_path):
+    """graph="ort": ONNX Runtime's quantizer with PTQ's defaults over the fine-tuned weights: the same ops as a
+    PTQ export of the same model (so the same speed), SiLU's Sigmoid and Mul quantized too, the recipe says so."""
+    from polydet.export import export
+    from polydet.export.int8 import QuantConfig
+
+    out, run = Q.qat(BUNDLED, tmp_path / "o.onnx", Q.QatConfig(steps=1, batch=2, observe_batches=1, workers=0,
+                                                               graph="ort"), log=lambda *a, **k: None)
+    ptq, _ = export(BUNDLED, "onnx", out=tmp_path / "p.onnx", precision="int8", quant=QuantConfig(n_calib=2),
+                    verify=False)
+    assert _ops(out) == _ops(ptq)
+    m = onnx.load(str(out))
+    producers = {o: n.op_type for n in m.graph.node for o in n.output}
+    quantized = collections.Counter(producers.get(n.input[0]) for n in m.graph.node if n.op_type == "QuantizeLinear")
+    assert quantized["Sigmoid"] == quantized["Mul"] == 57
+    recipe = json.loads({p.key: p.value for p in m.metadata_props}["polydet.int8"])
+    assert recipe["graph"] == "ort" and recipe["ptq"]["method"] == "minmax" and recipe["steps"] == 1
+    assert all(run["parity_fakequant"][k] <= v for k, v in Q.ORT_GRAPH_PARITY.items())
+
+
 def test_bad_settings_are_refused(capsys):
     with pytest.raises(ConfigError):
         Q.QatConfig(freeze_at=1.5)
     assert main(["qat", "--weights", BUNDLED, "--steps", "-1"]) == 2
     assert "QAT settings out of range" in capsys.readouterr().err
+    with pytest.raises(ConfigError):
+        Q.QatConfig(graph="tensorrt")
 
 
 def test_prepare_leaves_the_head_float():
