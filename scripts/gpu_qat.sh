@@ -5,9 +5,11 @@
 #   bash scripts/gpu_qat.sh fetch                 # HERE (has pip's registry): wheels the GPU machine lacks -> .whl/qat
 #   bash scripts/gpu_qat.sh run [STEPS] [BATCH]   # THERE (device tool, carry .whl/qat): QAT + PTQ on one val set
 #
-# `run` fine-tunes the bundled weights with fake quantization on CUDA (`polydet qat --device cuda`; the export and
-# its ONNX Runtime parity check run on the CPU there), quantizes the same weights with PTQ (`polydet quantize`,
-# its defaults), and evaluates fp32, PTQ and QAT on the same 300 validation scenes (seed 999). reduce_range is
+# `run` fine-tunes the bundled weights with fake quantization on CUDA (`polydet qat --device cuda --graph ort`: the
+# fine-tuned weights exported through PTQ's quantizer, so QAT and PTQ run the same graph at the same speed; the
+# export and its ONNX Runtime check run on the CPU there; GRAPH=qat exports the trained Q/DQ pairs instead),
+# quantizes the same weights with PTQ (`polydet quantize`, its defaults), and evaluates fp32, PTQ and QAT on the
+# same 300 validation scenes (seed 999). reduce_range is
 # forced on (`--reduce-range on`) so that the QAT artifact is the one a CPU without VNNI (this project's CPU
 # machine) runs without u8s8 saturation; the GPU host's CPU may have VNNI. Speed is measured on the CPU machine
 # afterwards (benchmarks/quant_bench.py --qat $OUT/qat.onnx), where the BENCHMARKS numbers come from.
@@ -34,14 +36,14 @@ case "${1:-}" in
     "$PY" -c 'import torch, onnx, onnxruntime; print("torch", torch.__version__, torch.cuda.get_device_name(0),
       "onnx", onnx.__version__, "onnxruntime", onnxruntime.__version__)'
     [ -f "$VAL/dataset.json" ] || polydet data synth "$VAL" --n 300 --seed 999 --workers 16 --no-progress
-    polydet qat --weights weights/polydet_main_area.pt --device cuda --steps "$steps" --batch "$batch" \
+    polydet qat --weights weights/polydet_main_area.pt --device cuda --graph "${GRAPH:-ort}" --steps "$steps" --batch "$batch" \
       --workers "$WORKERS" --reduce-range on --out "$OUT/qat.onnx" --data "$VAL" --report "$OUT/qat_report.json" \
       2>&1 | tee "$OUT/qat.log"
     polydet quantize --weights weights/polydet_main_area.pt --reduce-range on --out "$OUT/ptq_int8.onnx" \
       --data "$VAL" --no-speed --report "$OUT/ptq_report.json" 2>&1 | tee "$OUT/ptq.log"
     ;;
   *)
-    sed -n '2,14p' "$0"
+    sed -n '2,16p' "$0"
     exit 2
     ;;
 esac
