@@ -101,6 +101,22 @@ def test_the_archive_holds_the_quantize_output(built, tmp_path):
     assert archive_main(["--formats", "onnx", "--int8", str(built["int8"]), "--store", str(tmp_path / "s")]) == 2
 
 
+def test_without_int8_the_archiver_quantizes_with_the_quantize_defaults(tmp_path):
+    """`--formats int8` alone: the bundled weights quantized here, recipe = `polydet quantize`'s defaults."""
+    import onnx
+
+    from polydet.export.int8 import QuantConfig, cpu_has_vnni
+
+    store, build = tmp_path / "s", tmp_path / "b"
+    assert archive_main(["--formats", "int8", "--weights", str(BUNDLED_WEIGHTS), "--store", str(store),
+                         "--build", str(build)]) == 0
+    (onnx_file,) = (build / "polydet-1.0").glob("*.onnx")
+    with zipfile.ZipFile(store / f"{MODEL}.mar") as z:
+        assert z.read(onnx_file.name) == onnx_file.read_bytes()
+    recipe = json.loads({p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}["polydet.int8"])
+    assert recipe == QuantConfig().recipe(not cpu_has_vnni())
+
+
 def test_rest_answers_match_in_process_int8_and_stay_close_to_fp32(server, local):
     bodies = scenes()
     want = [r.to_dict() for r in local["int8"].detect(bodies)]
