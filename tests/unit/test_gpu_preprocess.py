@@ -2,7 +2,7 @@
 
 The letterbox runs on CPU tensors here (the same torch ops as on CUDA). GpuPreprocessor's batch logic runs
 with PIL as its decoder (:class:`PilDecoding`), so everything but the nvJPEG call itself is exercised; the
-CUDA decoders are compared with the CPU path on the device (tests/gpu/test_gpu_preprocess.py).
+CUDA decoders are compared with the CPU path on the device (tests/gpu/test_cuda_preprocess.py).
 """
 
 import io

@@ -14,10 +14,10 @@ import requests
 import torch
 from PIL import Image
 
-from polydet.serving.server import unavailable
+from polydet.serving.server import missing_prerequisite
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-              pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))]
+              pytest.mark.skipif(missing_prerequisite() is not None, reason=str(missing_prerequisite()))]
 
 
 def test_multi_image_request_on_the_gpu(tmp_path):
