@@ -44,10 +44,13 @@ class Batching:
     batch_size: int = 4
     max_batch_delay: int = 1  # ms a worker waits to fill a batch
     response_timeout: int = 60  # s
+    # deviceIds: the GPUs (visible numbering) round-robin goes over; empty: 0 .. number_of_gpu-1 (gpus.py)
+    device_ids: tuple[int, ...] = ()
 
     def to_yaml_keys(self) -> dict:
-        return {"minWorkers": self.min_workers, "maxWorkers": self.max_workers, "batchSize": self.batch_size,
+        keys = {"minWorkers": self.min_workers, "maxWorkers": self.max_workers, "batchSize": self.batch_size,
                 "maxBatchDelay": self.max_batch_delay, "responseTimeout": self.response_timeout}
+        return {**keys, "deviceIds": list(self.device_ids)} if self.device_ids else keys
 
 
 SERVED = ServiceConfig(torch_threads=1)  # one torch thread per worker: the workers are the parallelism
@@ -60,6 +63,14 @@ SERVED = ServiceConfig(torch_threads=1)  # one torch thread per worker: the work
 # scripts/gpu_serving_bench.sh (workers, batch, delay, images per request with the GPU decode) has not run yet.
 GPU_FORMATS = ("torchscript",)
 GPU_BATCHING = Batching(min_workers=10, max_workers=10, batch_size=16, max_batch_delay=5)
+
+
+def gpu_batching(placement, base: Batching = GPU_BATCHING) -> Batching:
+    """``base``'s workers on each GPU of a :class:`~polydet.serving.gpus.GpuPlacement`: minWorkers and
+    maxWorkers times the GPUs (TorchServe's round-robin gives each GPU ``base``'s count), its deviceIds."""
+    return dataclasses.replace(base, min_workers=placement.workers(base.min_workers),
+                               max_workers=placement.workers(base.max_workers),
+                               device_ids=placement.model_device_ids())
 
 
 def model_config(batching: Batching, service: ServiceConfig) -> str:
@@ -237,6 +248,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument("--gpu", action="store_true", help="for CUDA workers: export on the GPU (cuda), formats "
                    f"{' '.join(GPU_FORMATS)} unless --formats says, batching {GPU_BATCHING} unless its options say")
+    p.add_argument("--gpus", help="with --gpu: the GPUs the workers go on: all (default: every "
+                   "visible GPU, CUDA_VISIBLE_DEVICES respected), N (the first N) or indices 0,2 (one: 1,); "
+                   "workers = the one-GPU count x GPUs; serve with number_of_gpu = `polydet serve --gpus`'s")
     g = p.add_argument_group("model-config.yaml: TorchServe")
     for flag, field, help_ in (("--batch-size", "batch_size", ""), ("--max-batch-delay", "max_batch_delay", "ms"),
                                ("--min-workers", "min_workers", ""), ("--max-workers", "max_workers", ""),
@@ -253,6 +267,13 @@ def make_parser() -> argparse.ArgumentParser:
                    help="memory one image's decode may take (default %(default)s)")
     g.add_argument("--torch-threads", type=int, default=d.torch_threads)
     return p
+
+
+def placement_of(spec: str, environ=None, cuda_count=None):
+    """``--gpus SPEC`` against the GPUs visible here (:mod:`polydet.serving.gpus`)."""
+    from .gpus import parse_gpus, visible_gpus
+
+    return parse_gpus(spec, visible_gpus(environ, cuda_count))
 
 
 def _bool(value: str) -> bool:
@@ -274,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.formats == " ".join(ArchiveJob.formats):
             args.formats = " ".join(GPU_FORMATS)
+    if args.gpus is not None and not args.gpu:
+        print("polydet archive: --gpus places CUDA workers: add --gpu", file=sys.stderr)
+        return 2
+    try:
+        base = gpu_batching(placement_of(args.gpus or "all")) if args.gpu else Batching()
+    except PolydetError as e:
+        print(f"polydet archive: error: {e}", file=sys.stderr)
+        return 2
     formats = tuple(f for f in args.formats.replace(",", " ").split() if f)
     unknown = [f for f in formats if f not in FORMATS and f not in VARIANTS]
     if unknown:
@@ -283,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.int8 is not None and "int8" not in formats:
         print("polydet archive: --int8 is the int8 archive's artifact: add int8 to --formats", file=sys.stderr)
         return 2
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Batching) if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Batching)
+             if getattr(args, f.name, None) is not None}  # deviceIds come from --gpus only
     try:
         options = DetectOptions.from_dict({"conf": args.conf, "iou": args.iou, "max_det": args.max_det,
                                            "multi_label": args.multi_label, "agnostic": args.agnostic})
@@ -292,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "torch_threads": args.torch_threads})
         job = ArchiveJob(args.store.resolve(), args.build.resolve(), args.name, args.version, args.weights, formats,
                          args.imgsz, args.artifact, args.int8,
-                         dataclasses.replace(GPU_BATCHING if args.gpu else Batching(), **given), service, args.force,
+                         dataclasses.replace(base, **given), service, args.force,
                          device="cuda" if args.gpu else "cpu")
         build_archives(job, explicit_batch="batch_size" in given)
     except PolydetError as e:

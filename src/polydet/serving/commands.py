@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import glob
 import json
 import sys
@@ -227,6 +228,9 @@ def make_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", type=int, metavar="PORT", help="also start nginx on 127.0.0.1:PORT in front of the "
                    "REST inference API (body cap, client timeouts, retry of a scaled-down worker's requests: "
                    "SECURITY.md); `polydet stop` stops it too")
+    p.add_argument("--gpus", metavar="all|N|I,J", help="CUDA workers on every visible GPU (all), the first N or "
+                   "the listed indices (one: 1,); CUDA_VISIBLE_DEVICES respected. Builds `polydet archive --gpu "
+                   "--gpus` archives (workers = the one-GPU count x GPUs) and sets number_of_gpu")
     return p
 
 
@@ -242,13 +246,17 @@ def _start_proxy(ts, root: Path, port: int, state: Path) -> str:
     return proxy.url
 
 
-def _build(root: Path, weights: str | None) -> None:
+def _build(root: Path, weights: str | None, placement=None) -> None:
+    """The CPU archives, or with a GPU placement (--gpus) `polydet archive --gpu --gpus`'s."""
     from .. import assets
-    from .archive import ArchiveJob, build_archives
+    from .archive import GPU_FORMATS, ArchiveJob, build_archives, gpu_batching
 
     local = root / "weights" / assets.WEIGHTS
-    build_archives(ArchiveJob(root / "model_store", root / "build" / "archive",
-                              weights=weights or (str(local) if local.is_file() else None)))
+    job = ArchiveJob(root / "model_store", root / "build" / "archive",
+                     weights=weights or (str(local) if local.is_file() else None))
+    if placement is not None:
+        job = dataclasses.replace(job, formats=GPU_FORMATS, batching=gpu_batching(placement), device="cuda")
+    build_archives(job)
 
 
 def _serve_config(root: Path, given: str | None) -> Path:
@@ -262,7 +270,7 @@ def _serve_config(root: Path, given: str | None) -> Path:
 
 
 def serve_main(argv: list[str] | None = None) -> int:
-    from .client import RestClient
+    from .archive import placement_of
     from ..errors import ConfigError
     from .properties import LISTENER_KEYS, with_environment
     from .server import STATE_FILE, ServerError, TorchServe, read_properties
@@ -279,8 +287,10 @@ def serve_main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     try:
+        # --gpus against the GPUs visible here; a bad one fails before anything is built
+        placement = None if args.gpus is None else placement_of(args.gpus)
         if not args.no_build:
-            _build(root, args.weights)
+            _build(root, args.weights, placement)
     except PolydetError as e:
         print(f"polydet serve: {e}", file=sys.stderr)
         return 1
@@ -290,7 +300,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         print(f"polydet serve: {e}", file=sys.stderr)
         return 2
     ts = TorchServe(run_dir=root, config=config, model_store=root / "model_store", tmp_dir=root / "logs" / "tmp",
-                    properties={k: listeners[k] for k in LISTENER_KEYS})
+                    properties={**{k: listeners[k] for k in LISTENER_KEYS}, **(placement.properties() if placement
+                                                                                 else {})})  # number_of_gpu
     (ts.tmp_dir / ".model_server.pid").unlink(missing_ok=True)  # stale: _running() said no server
     try:
         ts.start()
@@ -302,10 +313,20 @@ def serve_main(argv: list[str] | None = None) -> int:
         state.unlink(missing_ok=True)
         print(f"polydet serve: {e}", file=sys.stderr)
         return 1
+    _announce(ts, args, root, front, ready, placement)
+    return 0
+
+
+def _announce(ts, args, root: Path, front: str, ready: float, placement) -> None:
+    """Where the started server listens, and one sample request through it."""
+    from .client import RestClient
+    from .server import read_properties
+
     image = Path(args.image) if args.image else _sample_image(root)
     props = read_properties(ts.config_path)
+    on = f", workers on {' '.join(placement.devices())}" if placement else ""
     print(f"TorchServe pid {ts.pid}: model {args.model!r} READY {ready:.1f} s after start "
-          f"(store {props.get('model_store')})")
+          f"(store {props.get('model_store')}{on})")
     print(f"  inference  {front}   management {ts.management_url}   metrics {ts.metrics_url}/metrics")
     print(f"  gRPC       {ts.grpc_inference_target} (inference)   {ts.grpc_management_target} (management)")
     print(f"  tokens     {ts.key_file} (inference / management keys, expire after "
@@ -320,7 +341,6 @@ def serve_main(argv: list[str] | None = None) -> int:
     print(f"try:  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/octet-stream' "
           f"--data-binary @{image} {front}/predictions/{args.model}")
     print(f"stop: polydet stop{'' if root == Path.cwd() else f' --root {root}'}   (logs in {ts.log_dir})")
-    return 0
 
 
 def _running(state: Path) -> bool:

@@ -37,7 +37,11 @@ log = logging.getLogger(__name__)
 # handler metrics); other fronts may reuse them. They count images: a request of N images is N.
 METRICS = {"preprocess": "PolydetPreprocessMs", "inference": "PolydetInferenceMs",
            "postprocess": "PolydetPostprocessMs", "detections": "PolydetDetectionsPerImage",
-           "batch": "PolydetBatchSize", "bad": "PolydetBadRequests", "handler": "HandlerTime"}
+           "batch": "PolydetBatchSize", "bad": "PolydetBadRequests", "handler": "HandlerTime",
+           "images": "PolydetImages"}
+# Recorded only by workers on a GPU, with the others' Device dimension (cuda:N): the CUDA caching allocator's
+# memory reserved by this worker, and the GPU's utilisation (NVML, at most once a second; absent without pynvml).
+GPU_METRICS = {"memory": "PolydetGpuMemoryMB", "utilization": "PolydetGpuUtilization"}
 
 
 @dataclass(frozen=True)
