@@ -9,6 +9,17 @@ from enum import Enum
 from .errors import ModelLoadError
 
 LAYOUT = "polygon-yolov5/v1: (B, N, 9+nc) rows [x1,y1,x2,y2,x3,y3,x4,y4,obj,cls...] in letterboxed pixels"
+# The same rows with obj and cls as logits: the graph pass "drop-sigmoid" removed the final sigmoids. A layout of
+# its own, so that a reader that does not know the pass refuses the artifact instead of thresholding logits.
+LAYOUT_LOGITS = ("polygon-yolov5/v1-logits: (B, N, 9+nc) rows [x1,y1,x2,y2,x3,y3,x4,y4,obj,cls...] in "
+                 "letterboxed pixels, obj and cls as logits (no sigmoid)")
+UINT8_INPUT_PASS = "fuse-preprocess"  # the graph takes (B, H, W, 3) uint8 RGB; /255 and NCHW are inside it
+LOGITS_PASS = "drop-sigmoid"  # the graph outputs LAYOUT_LOGITS
+
+
+def layout_for(passes) -> str:
+    """The output layout of an artifact that ran ``passes``."""
+    return LAYOUT_LOGITS if LOGITS_PASS in passes else LAYOUT
 
 
 class Precision(str, Enum):
@@ -43,6 +54,16 @@ class ModelInfo:
     def half(self) -> bool:
         """The artifact expects fp16 input."""
         return self.precision.input_half
+
+    @property
+    def uint8_input(self) -> bool:
+        """The artifact takes letterboxed (B, H, W, 3) uint8 RGB images, not (B, 3, H, W) float in [0, 1]."""
+        return UINT8_INPUT_PASS in self.passes
+
+    @property
+    def logit_scores(self) -> bool:
+        """The artifact's obj/cls columns are logits (LAYOUT_LOGITS): NMS thresholds them in logit space."""
+        return LOGITS_PASS in self.passes
 
     @property
     def nc(self) -> int:

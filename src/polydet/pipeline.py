@@ -20,7 +20,7 @@ from .imageio import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from .meta import ModelInfo
 from .options import DetectOptions
 from .ops.letterbox import PAD_VALUE
-from .ops.nms import MAX_CANDIDATES, polygon_nms
+from .ops.nms import MAX_CANDIDATES, polygon_nms, polygon_nms_logits
 from .ops.nms import warmup as nms_warmup
 from .preprocess import RGB, CpuPreprocessor, Frame, ImageInput, Preprocessor, error_of
 from .results import BatchResult, Detections, Result, Timings
@@ -37,7 +37,8 @@ def default_preprocessor(backend: Backend, max_pixels: int | None = DEFAULT_MAX_
     GPU one (:mod:`polydet.gpu_preprocess`) where its decoder runs there (probed; logged when not); else
     the CPU one. Both take the same limits and answer bad images the same way."""
     args = (backend.info, backend.device, backend.input_dtype, max_pixels, max_decode_bytes)
-    if gpu_decode and backend.device.type == "cuda":
+    # an artifact taking uint8 (graph pass "fuse-preprocess") is fed the CPU path's uint8 batch as it is
+    if gpu_decode and backend.device.type == "cuda" and not backend.info.uint8_input:
         from .gpu_preprocess import gpu_preprocessor
 
         gpu = gpu_preprocessor(*args, decoder=decoder)
@@ -161,7 +162,8 @@ class Detector:
 
     def _infer(self, x, frames, opts) -> tuple[list[Result], Timings]:
         t0 = time.perf_counter()
-        pred = self.backend(x)
+        # logit scores (graph pass "drop-sigmoid") stay logits: _nms thresholds them in logit space
+        pred = self.backend.raw(x) if self.backend.info.logit_scores else self.backend(x)
         if pred.device.type == "cuda":
             torch.cuda.synchronize(pred.device)
         t1 = time.perf_counter()
@@ -169,7 +171,8 @@ class Detector:
         return results, Timings(inference=(t1 - t0) * 1e3, postprocess=(time.perf_counter() - t1) * 1e3)
 
     def postprocess(self, pred: torch.Tensor, frames: list[Frame], opts: list[DetectOptions]) -> list[Detections]:
-        """Head output (B,N,9+nc) of ``frames`` -> NMS -> polygons in each original image."""
+        """Head output (B,N,9+nc) of ``frames`` (obj/cls as logits where ``backend.info.logit_scores``) -> NMS ->
+        polygons in each original image."""
         if self.nms_backend is None:  # built with warmup=False: decide now, once
             self._warm_nms()
         if self.nms_on_cpu and pred.device.type != "cpu":
@@ -187,7 +190,8 @@ class Detector:
         return results
 
     def _nms(self, pred: torch.Tensor, o: DetectOptions) -> list[torch.Tensor]:
-        return polygon_nms(pred, conf=o.conf, iou=o.iou, max_det=o.max_det, multi_label=o.multi_label,
+        nms = polygon_nms_logits if self.backend.info.logit_scores else polygon_nms
+        return nms(pred, conf=o.conf, iou=o.iou, max_det=o.max_det, multi_label=o.multi_label,
                            agnostic=o.agnostic, max_candidates=self.max_candidates)
 
     def __call__(self, images, options=None) -> BatchResult:

@@ -165,5 +165,21 @@ class CpuPreprocessor(Preprocessor):
         batch = np.full((len(boxed), h, w, 3), PAD_VALUE, dtype=np.uint8)
         for i, im in enumerate(boxed):  # rectangles of different sizes: pad right/bottom
             batch[i, : im.shape[0], : im.shape[1]] = im
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        return Prepared(x.to(self.dtype).div_(255.0), tuple(items))
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.info.uint8_input:  # the artifact converts inside its graph (graph pass "fuse-preprocess")
+            return Prepared(x, tuple(items))
+        return Prepared(x.permute(0, 3, 1, 2).to(self.dtype).div_(255.0), tuple(items))
+
+
+def to_uint8_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """A batch for an artifact that takes uint8: ``(B, H, W, 3)`` uint8 RGB as it is, or ``(B, 3, H, W)``
+    float in [0, 1] rounded to the 1/255 steps the artifact takes (exact for what ``CpuPreprocessor``
+    or a GPU preprocessor makes from 8-bit pixels)."""
+    if x.dtype == torch.uint8:
+        if x.ndim != 4 or x.shape[3] != 3:
+            raise InvalidInputError(f"a uint8 batch must be (B, H, W, 3), got {tuple(x.shape)}")
+        return x
+    if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise InvalidInputError(f"expected a (B, 3, H, W) float or (B, H, W, 3) uint8 batch, got "
+                                f"{tuple(x.shape)} {x.dtype}")
+    return (x.float() * 255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)

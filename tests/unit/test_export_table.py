@@ -82,7 +82,8 @@ def test_half_is_a_deprecated_alias_of_precision_fp16(tmp_path, capsys):
 
 
 def test_unknown_or_unsupported_pass_is_refused(tmp_path, monkeypatch, capsys):
-    with pytest.raises(ConfigError, match=r"^unknown graph pass 'nosuch': known passes: slim, simplify, optimize$"):
+    with pytest.raises(ConfigError, match=r"^unknown graph pass 'nosuch': known passes: slim, simplify, optimize, "
+                                          r"fuse-preprocess, drop-sigmoid$"):
         export("random", "onnx", out=tmp_path / "x.onnx", passes=["nosuch"])
     with pytest.raises(ConfigError, match="sequence of pass names"):
         export("random", "onnx", out=tmp_path / "x.onnx", passes="slim")

@@ -81,6 +81,9 @@ def test_a_tool_failure_names_the_pass(tmp_path, plain):
 
 
 def test_every_table_pass_is_a_function_here():
-    assert PASSES == {"slim": ".passes:slim", "simplify": ".passes:simplify", "optimize": ".passes:optimize"}
-    for name in PASSES:
+    from polydet.export.formats import CONTRACT_PASSES  # those change the contract: test_output_passes.py
+
+    value_passes = {k: v for k, v in PASSES.items() if k not in CONTRACT_PASSES}
+    assert value_passes == {"slim": ".passes:slim", "simplify": ".passes:simplify", "optimize": ".passes:optimize"}
+    for name in value_passes:
         assert callable(getattr(P, name))

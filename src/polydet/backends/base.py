@@ -17,10 +17,10 @@ from typing import ClassVar
 import torch
 
 from ..errors import ModelLoadError
-from ..meta import LAYOUT, ModelInfo, Precision
+from ..meta import LAYOUT, LAYOUT_LOGITS, ModelInfo, Precision
 
 META_KEY = "polydet"  # TorchScript extra file name / ONNX metadata_props key holding ModelInfo JSON
-SUPPORTED_LAYOUTS = (LAYOUT,)  # output layouts the pipeline decodes
+SUPPORTED_LAYOUTS = (LAYOUT, LAYOUT_LOGITS)  # output layouts the pipeline decodes (logits: polygon_nms_logits)
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,15 @@ class Capabilities:
     env: str = ""  # an isolated venv of polydet.envs it runs in (polydet doctor --build NAME)
     fp16_cast: bool = False  # runs an fp32 artifact in fp16 when asked at load (on CUDA)
     custom_ops: tuple[str, ...] = ()  # plugin libraries it must load: none for any polydet artifact
+    # graph passes that change an artifact's input or output (export.formats.CONTRACT_PASSES) it honours;
+    # an artifact that ran any other is refused at load, with the reason
+    passes: tuple[str, ...] = ()
 
 
 class Backend(ABC):
-    """``__call__(x: (B,3,H,W) float in [0,1]) -> (B,N,9+nc) float32``, for any B.
+    """``__call__(x: (B,3,H,W) float in [0,1]) -> (B,N,9+nc) float32``, for any B; scores are probabilities
+    (an artifact without its final sigmoids gets them here; :meth:`raw` gives its logits). An artifact that
+    takes uint8 (``info.uint8_input``) also takes ``(B,H,W,3)`` uint8 RGB, what the pipeline feeds it.
 
     Subclasses set ``info`` (and ``max_batch`` for a fixed-batch artifact) in ``__init__`` and implement
     :meth:`forward` for batches the artifact takes. ``precision``: None runs the artifact as exported;
@@ -111,9 +116,33 @@ class Backend(ABC):
                                  f"({', '.join(SUPPORTED_LAYOUTS)}); re-export with `polydet export`")
         if self.max_batch is not None and self.max_batch < 1:
             raise ModelLoadError(f"{self.path}: fixed batch size {self.max_batch} makes no sense")
+        self._check_passes()
         return self
 
+    def _check_passes(self) -> None:
+        """Refuse graph passes this backend does not know or cannot honour: it would misread the artifact."""
+        from ..export.formats import CONTRACT_PASSES, PASSES
+
+        for name in self.info.passes:
+            if name not in PASSES:
+                raise ModelLoadError(f"{self.path}: the artifact ran graph pass {name!r}, which this polydet does "
+                                     f"not know (known: {', '.join(PASSES)}); re-export it without that pass")
+            if name in CONTRACT_PASSES and name not in self.capabilities.passes:
+                raise ModelLoadError(f"{self.path}: the {self.name} backend cannot honour graph pass {name!r} "
+                                     f"({CONTRACT_PASSES[name]}); re-export without it")
+        if (self.info.layout == LAYOUT_LOGITS) != self.info.logit_scores:
+            raise ModelLoadError(f"{self.path}: layout {self.info.layout!r} contradicts passes {self.info.passes}")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.raw(x)
+        if self.info.logit_scores:
+            from ..ops.nms import sigmoid_scores
+
+            out = sigmoid_scores(out)
+        return out
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The artifact's own output for any batch size (scores as logits where ``info.logit_scores``)."""
         n, fixed = len(x), self.max_batch
         if fixed is None or n == fixed:
             return self.forward(x)

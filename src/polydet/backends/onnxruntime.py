@@ -11,13 +11,15 @@ import torch
 
 from ..errors import ModelLoadError, require
 from ..meta import Precision
+from ..preprocess import to_uint8_nhwc
 from .base import META_KEY, Backend, Capabilities, first_output, info_from_meta
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     suffixes = (".onnx",)
-    capabilities = Capabilities(devices=("cpu", "cuda"), runtime=("onnxruntime",), extra="onnx")  # cuda: -gpu build
+    capabilities = Capabilities(devices=("cpu", "cuda"), runtime=("onnxruntime",), extra="onnx",  # cuda: -gpu build
+                                passes=("fuse-preprocess", "drop-sigmoid"))  # uint8 NHWC input, logit scores
 
     def __init__(self, path, device="cpu", precision=None, threads: int | None = None):
         """``threads``: ONNX Runtime's intra-op threads; None = torch's (``torch.get_num_threads()``), so one
@@ -42,8 +44,12 @@ class OnnxRuntimeBackend(Backend):
         inp = self.session.get_inputs()[0]
         out = self.session.get_outputs()[0]
         no = out.shape[-1] if isinstance(out.shape[-1], int) else None
-        side = inp.shape[-1] if isinstance(inp.shape[-1], int) else None
-        self.info = info_from_meta(meta.get(META_KEY), no, side, self.path)
+        uint8 = inp.type == "tensor(uint8)"
+        side = inp.shape[2 if uint8 else -1] if len(inp.shape) == 4 else None
+        self.info = info_from_meta(meta.get(META_KEY), no, side if isinstance(side, int) else None, self.path)
+        if uint8 != self.info.uint8_input:  # the graph and its metadata disagree: neither can be trusted
+            raise ModelLoadError(f"{self.path}: the graph takes {inp.type} but its metadata records passes "
+                                 f"{self.info.passes}; re-export it")
         self.input_name = inp.name
         self.max_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         if inp.type == "tensor(float16)":  # the graph's own input type wins over its metadata
@@ -57,7 +63,10 @@ class OnnxRuntimeBackend(Backend):
         return torch.device("cpu")  # session.run returns numpy arrays, on any provider
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().to("cpu", self.input_dtype).numpy()
+        if self.info.uint8_input:
+            arr = to_uint8_nhwc(x.detach()).cpu().numpy()
+        else:
+            arr = x.detach().to("cpu", self.input_dtype).numpy()
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(arr)})
         return first_output([torch.from_numpy(o) for o in out]).float()
 

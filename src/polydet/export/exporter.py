@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..meta import ModelInfo, Precision
+from ..meta import LAYOUT_LOGITS, LOGITS_PASS, ModelInfo, Precision
 from .common import ExportJob, example_input, fused_copy, load_or_build
 from .formats import FORMATS, PASSES, ExportFormat, resolve
 from .verify import verify_artifact, verify_metadata
@@ -37,6 +37,8 @@ def export(weights: str, fmt: str, out: str | Path | None = None, imgsz: int | N
     model, info = load_or_build(weights, cfg=cfg, names=names, imgsz=imgsz, seed=seed)
     info = dataclasses.replace(info, imgsz=imgsz or info.imgsz, precision=precision, passes=passes,
                                dynamic=dynamic, letterbox="auto" if dynamic else "square")
+    if LOGITS_PASS in passes:  # the graph's output changes contract: say so in its layout
+        info = dataclasses.replace(info, layout=LAYOUT_LOGITS)
     if info.imgsz % info.stride:
         raise ConfigError(f"imgsz {info.imgsz} must be a multiple of {info.stride}")
     out = Path(out) if out is not None else default_out(weights, info, row)

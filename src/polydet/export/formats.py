@@ -36,7 +36,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("torchscript", ".torchscript", ".torchscript:export_torchscript", "torchscript",
                  (Precision.FP32, Precision.FP16), cuda_tf32=True),
     ExportFormat("onnx", ".onnx", ".onnx:export_onnx", "onnxruntime",
-                 (Precision.FP32, Precision.FP16, Precision.INT8), passes=("slim", "simplify", "optimize"),
+                 (Precision.FP32, Precision.FP16, Precision.INT8), passes=("slim", "simplify", "optimize", "fuse-preprocess", "drop-sigmoid"),
                  archive_suffix="_onnx"),
     ExportFormat("tensorrt", ".engine", ".tensorrt:export_tensorrt", "tensorrt",  # fp32 engines: TF32 by default
                  (Precision.FP32, Precision.FP16, Precision.INT8), archive_suffix="_tensorrt", cuda_tf32=True,
@@ -70,6 +70,16 @@ PASSES: dict[str, str] = {
     "slim": ".passes:slim",  # onnxslim: folding, dead code, shapes resolved (what quantizers need)
     "simplify": ".passes:simplify",  # onnx-simplifier (onnxsim)
     "optimize": ".passes:optimize",  # onnxoptimizer's fuse-and-eliminate passes
+    # the two below change the artifact's input or output (CONTRACT_PASSES): export/output_passes.py
+    "fuse-preprocess": ".output_passes:fuse_preprocess",
+    "drop-sigmoid": ".output_passes:drop_sigmoid",
+}
+
+# Passes that change what an artifact takes or returns, and what changes: a backend runs such an artifact
+# only when its Capabilities.passes names the pass, and refuses it otherwise with this reason.
+CONTRACT_PASSES: dict[str, str] = {
+    "fuse-preprocess": "the artifact takes letterboxed (B, H, W, 3) uint8 RGB images; /255 and NCHW are in the graph",
+    "drop-sigmoid": "the artifact outputs obj/cls logits; NMS must threshold them in logit space",
 }
 
 

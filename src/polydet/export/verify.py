@@ -58,9 +58,14 @@ def tolerance(backend) -> dict:
 def verify_artifact(path: Path, eager: PolygonYOLO, imgsz: tuple[int, int], device="cpu",
                     precision: Precision | str | None = None) -> dict:
     """Run the artifact and the eager model on fixed inputs; return max abs differences (raise if over).
+    The graph passes that change the contract are held to the same TOLERANCES row: an artifact taking
+    uint8 gets the fixed inputs rounded to 1/255 steps (as uint8 NHWC), and so does the eager model; an
+    artifact without its final sigmoids has them applied by its backend (``Backend.__call__``).
     ``precision``: as ``load_backend``'s (None: the artifact's own)."""
     backend = load_backend(path, device=device, precision=precision)
     x = fixed_inputs(imgsz)
+    if backend.info.uint8_input:  # graph pass "fuse-preprocess": both see the same 8-bit pixels
+        x = (x * 255).round() / 255
     with full_fp32():
         with torch.inference_mode():
             ref = eager.to(device).float().eval()(x.to(device)).float().cpu()

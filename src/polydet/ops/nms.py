@@ -29,6 +29,7 @@ Python loops run over images and rounds, never over boxes or pairs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 
@@ -301,3 +302,36 @@ def polygon_nms(pred: torch.Tensor, conf: float = 0.25, iou: float = 0.45, class
         keep = _nms_one(quads, c, iou, agnostic)[:int(max_det)]
         out.append(torch.cat((quads[keep], s[keep, None], c[keep, None].to(pred.dtype)), 1))
     return out
+
+
+# The probability margin under ``conf`` below which polygon_nms_logits leaves a row out unseen: more than a
+# float32 probability's rounding (at most 6e-8 in [0, 1]), so no row that could pass ``obj > conf`` is left out.
+_LOGIT_MARGIN = 1e-6
+
+
+def sigmoid_scores(pred: torch.Tensor) -> torch.Tensor:
+    """Rows ``(..., 9+nc)`` with obj/cls logits -> the same rows with probabilities. The sigmoid is taken in
+    float64 and rounded once to ``pred``'s dtype, so a row's value does not depend on where it sits."""
+    return torch.cat((pred[..., :8], torch.sigmoid(pred[..., 8:].double()).to(pred.dtype)), -1)
+
+
+def polygon_nms_logits(pred: torch.Tensor, conf: float = 0.25, iou: float = 0.45, **kw) -> list[torch.Tensor]:
+    """:func:`polygon_nms` for rows whose obj/cls are logits (an artifact without its final sigmoids):
+    ``pred (B, N, 9+nc) -> list of B (K, 10)``, the same rows as ``polygon_nms(sigmoid_scores(pred))``,
+    scores as probabilities.
+
+    The threshold is applied in logit space first: a row whose obj logit is at most
+    ``logit(conf - _LOGIT_MARGIN)`` has a probability under ``conf`` and cannot be a candidate, so only
+    the others get the sigmoid. They keep their order, and each image is padded with all-zero rows
+    (obj 0 never passes ``obj > conf``), so the candidates, their order and the kept rows are those of
+    the full sigmoid. ``kw``: as polygon_nms's.
+    """
+    _check(pred, conf, iou, kw.get("max_det", 300), kw.get("max_candidates", MAX_CANDIDATES))
+    low = float(np.float32(conf)) - _LOGIT_MARGIN  # polygon_nms compares with conf in pred's float32
+    threshold = -math.inf if low <= 0 else math.log(low / (1 - low))
+    keep = pred[..., 8].double() > threshold
+    counts = keep.sum(1).tolist()
+    rows = pred.new_zeros((pred.shape[0], max(counts, default=0), pred.shape[2]))
+    for i, n in enumerate(counts):
+        rows[i, :n] = sigmoid_scores(pred[i][keep[i]])
+    return polygon_nms(rows, conf, iou, **kw)
