@@ -101,3 +101,91 @@ def test_serve_refuses_a_bad_gpus_before_building(tmp_path, monkeypatch, capsys,
     assert serve_main(["--root", str(tmp_path), "--gpus", spec]) == 1
     assert match in capsys.readouterr().err
     assert not (tmp_path / "model_store").exists() and not (tmp_path / "logs").exists()
+
+
+# -- scripts/gpu_multi_bench.py: its non-GPU logic --------------------------------------------------------
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("gpu_multi_bench", REPO / "scripts" / "gpu_multi_bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop("gpu_multi_bench", None)
+
+
+def page(images: dict, gauges: dict | None = None) -> str:
+    """/metrics text as TorchServe 0.12.0's Prometheus client writes it (trailing comma in the labels)."""
+    lines = ["# HELP PolydetImages Torchserve prometheus counter metric with unit: count",
+             "# TYPE PolydetImages counter"]
+    lines += [f'PolydetImages{{Device="{d}",ModelName="polydet",Level="Model",Hostname="h",}} {v}'
+              for d, v in images.items()]
+    for (name, d), v in (gauges or {}).items():
+        lines.append(f'{name}{{Device="{d}",ModelName="polydet",Level="Model",Hostname="h",}} {v}')
+    lines.append('ts_inference_requests_total{model_name="polydet",model_version="default",hostname="h",} 9.0')
+    return "\n".join(lines) + "\n"
+
+
+def test_bench_arguments_and_gpu_sets(bench):
+    assert bench.parse_counts("1,2,4") == [1, 2, 4]
+    for bad in ("", "0,1", "1,1", "two"):
+        with pytest.raises(SystemExit):
+            bench.parse_counts(bad)
+    run, skipped = bench.gpu_sets([1, 2, 4], visible=2)
+    assert [p.device_ids for p in run] == [(0,), (0, 1)]
+    assert [p.properties() for p in run] == [{"number_of_gpu": "1"}, {"number_of_gpu": "2"}]
+    assert skipped == [{"gpus": 4, "skipped": "only 2 GPU(s) visible"}]
+    args = bench.make_parser().parse_args(["serve", "--out", "x.json"])
+    assert (args.per_gpu, args.batch_size, args.delay, args.gpus) == (GPU_BATCHING.min_workers, GPU_BATCHING.batch_size,
+                                                                      GPU_BATCHING.max_batch_delay, "1,2,4")
+
+
+def test_bench_reads_each_device_from_metrics(bench):
+    first = bench.parse_metrics(page({"cuda:0": 100.0, "cuda:1": 50.0}))
+    assert ("ts_inference_requests_total", {"model_name": "polydet", "model_version": "default", "hostname": "h"},
+            9.0) in first
+    pages = [bench.parse_metrics(page({}, {("PolydetInferenceMs", "cuda:0"): 10.0, ("PolydetInferenceMs", "cuda:1"): 30.0,
+                                           ("PolydetBatchSize", "cuda:0"): 16.0})),
+             bench.parse_metrics(page({}, {("PolydetInferenceMs", "cuda:0"): 20.0, ("PolydetBatchSize", "cuda:0"): 8.0}))]
+    last = bench.parse_metrics(page({"cuda:0": 300.0, "cuda:1": 250.0, "cuda:2": 40.0}))
+    dev = bench.device_summary(pages, first, last, seconds=10.0)
+    assert dev == {"cuda:0": {"img_per_s": 20.0, "model_ms": 15.0, "batch_fill": 12.0},
+                   "cuda:1": {"img_per_s": 20.0, "model_ms": 30.0}, "cuda:2": {"img_per_s": 4.0}}
+    row = bench.summarize({"gpus": 3}, dev)
+    assert row["model_ms"] == 22.5 and row["batch_fill"] == 12.0 and row["img_per_s_by_gpu"] == "20 20 4"
+    assert row["gpu_mem_mb"] == "- - -"
+
+
+def test_bench_speedup_targets_and_table(bench):
+    rows = bench.with_speedup([{"gpus": 1, "img_per_s": 1000.0, "p99_ms": 40.0},
+                               {"gpus": 2, "img_per_s": 1850.0, "p99_ms": 60.0},
+                               {"gpus": 4, "img_per_s": 3600.0, "p99_ms": 140.0}, {"gpus": 8, "skipped": "only 4"}])
+    assert [r.get("speedup") for r in rows] == [1.0, 1.85, 3.6, None]
+    assert [r.get("meets_target") for r in rows] == [True, True, False, None]  # 4 GPUs: p99 over 100 ms
+    text = bench.rows_table(rows)
+    assert text.splitlines()[0].startswith("| skipped | gpus |") and "| only 4 |" in text and "3.6" in text
+
+
+def test_bench_finds_one_gpus_workers_and_judges_the_fault(bench):
+    gpus = "0, 00000000:18:00.0\n1, 00000000:2A:00.0\n2, 00000000:3A:00.0\n"
+    apps = "101, 00000000:18:00.0\n102, 00000000:2A:00.0\n103, 00000000:2A:00.0\n104, 00000000:3A:00.0\n"
+    assert bench.pids_on_gpu(apps, gpus, 1) == [102, 103]
+    assert bench.physical_index(1, {"CUDA_VISIBLE_DEVICES": "2,0"}) == 0 and bench.physical_index(1, {}) == 1
+    timeline = [{"t": 0.5, "cuda:0": 400, "cuda:1": 380}, {"t": 1.0, "cuda:0": 410, "cuda:1": 300, "killed": [102, 103]},
+                {"t": 1.5, "cuda:0": 420, "cuda:1": 0}, {"t": 2.0, "cuda:0": 430}, {"t": 2.5, "cuda:0": 400, "cuda:1": 90}]
+    v = bench.fault_verdict(timeline, "cuda:1", {"failures": 3, "failure_reasons": "HTTP 503"})
+    assert (v["killed_pids"], v["killed_at_s"], v["victim_back_at_s"], v["others_answered_in_outage"],
+            v["failures"]) == ([102, 103], 1.0, 2.5, True, 3)
+    timeline[3]["cuda:0"] = 0  # the other GPU stalls too
+    assert bench.fault_verdict(timeline, "cuda:1", {})["others_answered_in_outage"] is False
+    assert bench.fault_verdict(timeline[:3], "cuda:1", {})["victim_back_at_s"] is None
+
+
+def test_bench_plot_and_refusal_without_gpus(bench, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "gpu_multi.json"
+    out.write_text('{"rows": [{"gpus": 1, "img_per_s": 900.0, "p99_ms": 50.0}, '
+                   '{"gpus": 2, "img_per_s": 1700.0, "p99_ms": 70.0}, {"gpus": 4, "skipped": "only 2"}], "fault": null}')
+    assert bench.main(["plot", "--out", str(out)]) == 0
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert bench.main(["serve", "--out", str(tmp_path / "none.json"), "--work", str(tmp_path / "w")]) == 2
+    assert "only 0 GPU(s) visible" in capsys.readouterr().err and not (tmp_path / "w").exists()
