@@ -216,3 +216,26 @@ def test_a_pass_twice_or_on_a_foreign_head_is_refused(arts, tmp_path):
         with pytest.raises(ExportError, match="already|no Sigmoid"):
             fn(target, load_backend(target).info)
         assert target.read_bytes() == arts[name][0].read_bytes()
+
+
+def test_a_dynamic_export_takes_uint8_of_any_stride_aligned_size(tmp_path):
+    """--dynamic: the export's own check runs at 64x64 and 128x32; the Detector letterboxes rectangles."""
+    out, _ = export("random", "onnx", out=tmp_path / "d.onnx", imgsz=64, dynamic=True,
+                    passes=["fuse-preprocess", "drop-sigmoid"])
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", "height", "width", 3]
+    det = Detector.from_artifact(out)
+    wide = np.full((20, 64, 3), 200, np.uint8)
+    assert tuple(det.preprocessor([wide]).batch.shape) == (1, 32, 64, 3)
+    assert det.detect([wide])[0].ok
+
+
+def test_an_int8_export_is_calibrated_on_the_float_graph_then_rewritten(tmp_path):
+    """The quantizer calibrates the graph as traced (float NCHW); the contract passes run after it."""
+    out, diff = export("random", "onnx", out=tmp_path / "q.onnx", imgsz=64, precision="int8",
+                       passes=["fuse-preprocess", "drop-sigmoid"])
+    g = onnx.load(str(out)).graph
+    assert any(n.op_type == "QuantizeLinear" for n in g.node)
+    assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert load_backend(out).info.passes == ("fuse-preprocess", "drop-sigmoid")
+    assert diff["scores"] <= TOLERANCES["int8"]["scores"]

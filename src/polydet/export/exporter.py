@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..meta import LAYOUT_LOGITS, LOGITS_PASS, ModelInfo, Precision
+from ..meta import LAYOUT, LAYOUT_LOGITS, LOGITS_PASS, ModelInfo, Precision
 from .common import ExportJob, example_input, fused_copy, load_or_build
-from .formats import FORMATS, PASSES, ExportFormat, resolve
+from .formats import CONTRACT_PASSES, FORMATS, PASSES, ExportFormat, resolve
 from .verify import verify_artifact, verify_metadata
 
 
@@ -45,7 +45,7 @@ def export(weights: str, fmt: str, out: str | Path | None = None, imgsz: int | N
     out.parent.mkdir(parents=True, exist_ok=True)
     eager = model.to(device).eval()
     job = ExportJob(fused_copy(eager, precision, device), example_input(info.imgsz, precision, device), out,
-                    info, opset, quant, target)
+                    _before_contract_passes(info), opset, quant, target)
     resolve(row.exporter)(job)
     for name in passes:
         resolve(PASSES[name])(out, info)
@@ -58,6 +58,15 @@ def export(weights: str, fmt: str, out: str | Path | None = None, imgsz: int | N
         d = verify_artifact(out, eager, s, device=device)
         diff = {k: max(v, diff.get(k, 0.0)) for k, v in d.items()}
     return out, diff
+
+
+def _before_contract_passes(info: ModelInfo) -> ModelInfo:
+    """What the exporter's graph is before the passes that change the contract run (the int8 calibration
+    feeds it float NCHW); those passes then write ``info`` itself."""
+    if not any(p in CONTRACT_PASSES for p in info.passes):
+        return info
+    return dataclasses.replace(info, passes=tuple(p for p in info.passes if p not in CONTRACT_PASSES),
+                               layout=LAYOUT)
 
 
 def check_request(fmt: str, precision, passes, device) -> tuple[ExportFormat, Precision, tuple[str, ...]]:
