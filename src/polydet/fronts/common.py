@@ -39,7 +39,3 @@ def load_service(args: argparse.Namespace, batch_size: int = 1):
     logging.getLogger("polydet").info("polydet: %s", service.describe())
     return service
 
-
-def limits(service) -> dict:
-    """The service's request limits (model-config.yaml's handler section) as oip.decode_inputs takes them."""
-    return {"max_images": service.config.max_images_per_request, "max_bytes": service.config.max_request_bytes}

@@ -30,7 +30,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from ..errors import InvalidInputError
 from ..serving import oip
-from .common import limits, load_service, make_parser
+from .common import load_service, make_parser
 
 
 class ImageFailed(GrpcException):
@@ -64,7 +64,7 @@ class PolydetModel(kserve.Model):
     def _detect(self, tensors: dict, datatypes: dict | None = None) -> list:
         with self.lock:
             try:
-                images, overrides = oip.decode_inputs(tensors, datatypes, **limits(self.service))
+                images, overrides = oip.decode_inputs(tensors, datatypes, **oip.limits(self.service.config))
                 results, _ = self.service.detect_images(images, overrides)
             except InvalidInputError as e:
                 raise ImageFailed(e.http_status, str(e)) from e

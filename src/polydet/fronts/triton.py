@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..results import ImageError
 from ..serving import oip
-from .common import limits, load_service, make_parser
+from .common import load_service, make_parser
 
 DTYPES = {"BYTES": np.bytes_, "FP32": np.float32, "INT32": np.int32}
 BASE64 = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
@@ -52,7 +52,7 @@ class Binding:
                 tensors = {name: req[name] for name in req}
                 if "images" in tensors:
                     tensors["images"] = [_base64_text(x) for x in np.asarray(tensors["images"], object).reshape(-1)]
-                images, overrides = oip.decode_inputs(tensors, **limits(self.service))
+                images, overrides = oip.decode_inputs(tensors, **oip.limits(self.service.config))
                 self.service.options_for(overrides)  # bad options: this request's error, not the batch's
                 answers.append(images)
                 groups.setdefault(json.dumps(overrides, sort_keys=True), []).append(k)

@@ -135,6 +135,11 @@ def _options(value: Any) -> dict:
     return opts
 
 
+def limits(config) -> dict:
+    """A ServiceConfig's request limits (model-config.yaml's handler section) as decode_inputs takes them."""
+    return {"max_images": config.max_images_per_request, "max_bytes": config.max_request_bytes}
+
+
 def decode_inputs(tensors: Mapping[str, Any], datatypes: Mapping[str, str] | None = None, *,
                   max_images: int | None = None, max_bytes: int | None = None) -> tuple[list[bytes], dict]:
     """Input tensors (name -> a BYTES tensor: numpy array, list, or one bytes/str) -> (image files, option

@@ -111,12 +111,6 @@ def tensors_of(inputs: Any, take_first: bool = False) -> tuple[dict, dict]:
     return tensors, datatypes
 
 
-def limits(service: DetectionService) -> dict:
-    """The request limits of the service's config, as oip.decode_inputs takes them."""
-    c = service.config
-    return {"max_images": c.max_images_per_request, "max_bytes": c.max_request_bytes}
-
-
 def response_body(request: Mapping, model_name: str, version: str, results: Sequence[Detections | ImageError]
                   ) -> str:
     """The OIP response JSON TorchServe's GRPCJob takes: every field it reads, ``results`` as objects."""
@@ -135,7 +129,7 @@ def infer(service: DetectionService, request: Mapping, model_name: str, version:
           ) -> tuple[Answer, BatchStats | None]:
     """One OIP ModelInfer request -> its Answer, always in the OIP response shape."""
     try:
-        images, overrides = oip.decode_inputs(*tensors_of(request.get("inputs")), **limits(service))
+        images, overrides = oip.decode_inputs(*tensors_of(request.get("inputs")), **oip.limits(service.config))
         results, stats = service.detect_images(images, overrides)
     except Exception as e:  # noqa: BLE001 - bad inputs or options (or a fault): the whole request's answer
         if not isinstance(e, PolydetError):
@@ -150,7 +144,7 @@ def infer(service: DetectionService, request: Mapping, model_name: str, version:
 def answer_envelope(service: DetectionService, data: Sequence[Mapping]) -> tuple[list[Answer], BatchStats | None]:
     """The kservev2 envelope's input tensors -> one Answer (one output: the first input's name, the REST JSON)."""
     try:
-        images, overrides = oip.decode_inputs(*tensors_of(list(data), take_first=True), **limits(service))
+        images, overrides = oip.decode_inputs(*tensors_of(list(data), take_first=True), **oip.limits(service.config))
         (result,), stats = service.detect_images(images, overrides)
     except Exception as e:  # noqa: BLE001 - as infer()
         if not isinstance(e, PolydetError):
