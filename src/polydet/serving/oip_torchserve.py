@@ -76,7 +76,7 @@ def parsed_body(req: Any) -> dict | None:
     value = req.get("body") if isinstance(req, Mapping) else None
     if isinstance(value, (bytes, bytearray)) and bytes(value[:64]).lstrip()[:1] == b"{":
         try:
-            value = parse_json(bytes(value))
+            value = parse_json(bytes(value), quiet=True)  # the REST path parses it again, answers and logs it
         except InvalidInputError:
             return None
     return value if isinstance(value, dict) else None

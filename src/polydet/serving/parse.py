@@ -79,8 +79,9 @@ def json_depth(text: bytes) -> int:
     return int(np.cumsum(step).max(initial=0))
 
 
-def parse_json(text: bytes):
-    """JSON body -> its value. Too deep or malformed: InvalidInputError (400), with one log line."""
+def parse_json(text: bytes, quiet: bool = False):
+    """JSON body -> its value. Too deep or malformed: InvalidInputError (400), with one log line unless
+    ``quiet`` (a caller that only peeks, and leaves the answer to the parse that follows)."""
     depth = json_depth(text)
     try:
         if depth > MAX_JSON_DEPTH:
@@ -91,7 +92,8 @@ def parse_json(text: bytes):
         except (ValueError, RecursionError) as e:  # RecursionError: belt and braces, depth is checked above
             raise InvalidInputError(f"body starts with '{{' but is not valid JSON: {bounded(str(e))}") from e
     except InvalidInputError as e:
-        log.info("polydet: refused a JSON body of %d bytes: %s", len(text), e)
+        if not quiet:
+            log.info("polydet: refused a JSON body of %d bytes: %s", len(text), e)
         raise
 
 
