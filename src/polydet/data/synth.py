@@ -189,11 +189,7 @@ def _render_v1(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, 
                         light * size * rng.uniform(0.0, 0.04))
         _warp_into(img, tex, alpha, quad)
     img = camera_pipeline(rng, img, cfg)
-    labels = np.zeros((len(objs), 9), np.float32)
-    for i, (cls, _, quad) in enumerate(objs):
-        labels[i, 0] = cls
-        labels[i, 1:] = order_corners_np(quad).reshape(-1)
-    return img, labels
+    return img, labels_of(objs)
 
 
 def warm() -> None:
@@ -311,3 +307,12 @@ def main(argv=None) -> int:
                          progress=not args.no_progress)
     print(f"wrote {meta['n']} images ({meta['objects']} objects) to {args.out}")
     return 0
+
+
+def labels_of(objs) -> np.ndarray:
+    """(K, 9) float32 labels of placed objects ``(class, texture, quad)``: class, then the corners in order."""
+    labels = np.zeros((len(objs), 9), np.float32)
+    for i, (cls, _, quad) in enumerate(objs):
+        labels[i, 0] = cls
+        labels[i, 1:] = order_corners_np(quad).reshape(-1)
+    return labels

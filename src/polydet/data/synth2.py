@@ -22,14 +22,14 @@ import math
 
 import numpy as np
 
-from .camera import order_corners_np, poly_area
+from .camera import poly_area
 from .effects import camera_pipeline, drop_shadow
 from .negatives import hard_negatives, occluders
 from .objects import clutter
 from .pagekinds import page_texture_v2
 from .photokinds import photo_texture_v2
 from .scenes import background
-from .synth import SynthConfig, _image_size, _warp_into, place_objects
+from .synth import SynthConfig, _image_size, _warp_into, labels_of, place_objects
 
 NEGATIVES_P = 0.45  # P(look-alikes in the scene)
 OCCLUDER_P = 0.25  # P(something over an object's edge)
@@ -79,8 +79,4 @@ def render_v2(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, n
     if rng.random() < OCCLUDER_P:
         occluders(rng, img, [q for _, _, q in objs], cfg.max_hidden)
     img = camera_pipeline(rng, img, cfg)
-    labels = np.zeros((len(objs), 9), np.float32)
-    for i, (cls, _, quad) in enumerate(objs):
-        labels[i, 0] = cls
-        labels[i, 1:] = order_corners_np(quad).reshape(-1)
-    return img, labels
+    return img, labels_of(objs)
