@@ -7,6 +7,13 @@ The error a layer *adds* is its SNR drop: the lowest SNR of its matched inputs m
 points at the first layer whose drop exceeds ``--jump`` dB. Marking every tensor keeps ORT from fusing
 QDQ pairs, so the final outputs are also compared unmarked, as the runtime serves them.
 
+Artifacts with the contract passes compare with any other (debug_align.py): each is fed the same letterboxed
+pixels in its own input format (uint8 NHWC for ``fuse-preprocess``); a fused graph's float tensor after its
+``/255`` carries the plain graph's input name, so the body's tensors pair as before. When one artifact
+outputs logits (``drop-sigmoid``), the other's final sigmoids are removed in memory and the head's tensors
+are compared in **logit space**; the final outputs are compared as **probabilities** (the sigmoid applied
+to any logit output), the scores a user gets from either.
+
     polydet debug model_fp32.onnx model_int8.onnx --images VAL_DIR --top 15
 """
 
@@ -20,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .debug_align import Aligned, align, artifact_info, feed
 
 SNR_CAP = 100.0  # dB reported for identical tensors (inf would hide every later drop)
 
@@ -46,12 +55,11 @@ def tensor_stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     return cos, snr, float(np.abs(a - b).max()) if a.size else 0.0
 
 
-def _all_outputs_session(path: Path):
-    """An ORT session of the graph with every node output marked (no fusion between them), one thread."""
+def _all_outputs_session(model):
+    """An ORT session of ``model`` with every node output marked (no fusion between them), one thread."""
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(path))
     have = {o.name for o in model.graph.output}
     for node in model.graph.node:
         for name in node.output:
@@ -60,25 +68,48 @@ def _all_outputs_session(path: Path):
                 have.add(name)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess, model
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def run_all(path: Path, x: np.ndarray) -> tuple[dict, list]:
-    """{tensor: value} of every node output on ``x``, and the graph's nodes in order."""
-    sess, model = _all_outputs_session(path)
+def _run(path: Path, x: np.ndarray, to_logits: bool = False) -> tuple[dict, Aligned]:
+    al = align(path, to_logits)
+    sess = _all_outputs_session(al.model)
     names = [o.name for o in sess.get_outputs()]
-    values = sess.run(names, {sess.get_inputs()[0].name: x})
-    return dict(zip(names, values)), list(model.graph.node)
+    values = sess.run(names, {al.input_name: feed(x, al)})
+    return {k: v for k, v in zip(names, values) if k not in al.skip}, al
+
+
+def run_all(path: Path, x: np.ndarray, to_logits: bool = False) -> tuple[dict, list]:
+    """{tensor: value} of every node output on the letterboxed batch ``x`` (fed in the artifact's own input
+    format), and the graph's nodes in order, as debug_align.align rewrote them."""
+    values, al = _run(path, x, to_logits)
+    return values, list(al.model.graph.node)
+
+
+def _info(path: Path):
+    import onnx
+
+    return artifact_info(onnx.load(str(path), load_external_data=False))
+
+
+def _logits(path: Path) -> bool:
+    return _info(path).logit_scores
 
 
 def compare_layers(a: Path, b: Path, x: np.ndarray) -> list[LayerError]:
-    """LayerError for every float tensor both graphs compute, in A's graph order."""
-    va, nodes = run_all(a, x)
-    vb, _ = run_all(b, x)
+    """LayerError for every float tensor both graphs compute, in A's graph order. ``x``: letterboxed images,
+    (B, H, W, 3) uint8 or (B, 3, H, W) float in [0, 1]; each artifact gets them in its own input format."""
+    la, lb = _logits(a), _logits(b)
+    va, al_a = _run(a, x, to_logits=lb and not la)
+    vb, al_b = _run(b, x, to_logits=la and not lb)
     snr: dict[str, float] = {}
+    for vals, al in ((va, al_a), (vb, al_b)):  # a plain graph's float input, as a fused graph's /255 output
+        if not al.uint8:
+            vals[al.float_input] = feed(x, al)
+    if not al_a.uint8 and al_a.float_input in vb:  # A's input is no node of A: its SNR seeds the first layer
+        snr[al_a.float_input] = tensor_stats(va[al_a.float_input], vb[al_a.float_input])[1]
     rows = []
-    for node in nodes:
+    for node in al_a.model.graph.node:
         for name in node.output:
             ra, rb = va.get(name), vb.get(name)
             if ra is None or rb is None or ra.shape != rb.shape or ra.dtype.kind != "f" or rb.dtype.kind != "f":
@@ -97,13 +128,17 @@ def first_jump(rows: list[LayerError], jump_db: float) -> LayerError | None:
 
 
 def final_outputs(a: Path, b: Path, x) -> dict:
-    """The artifacts' outputs as their backends serve them (nothing marked): cosine, SNR, max abs."""
+    """The artifacts' outputs as their backends serve them (nothing marked), each fed ``x`` in its own input
+    format: cosine, SNR, max abs of corners (px) and of scores as probabilities (logits through the sigmoid)."""
     import torch
 
     from ..backends import load_backend
 
-    with torch.inference_mode():
-        oa, ob = load_backend(a)(torch.from_numpy(x)).numpy(), load_backend(b)(torch.from_numpy(x)).numpy()
+    outs = []
+    with torch.inference_mode():  # Backend.__call__ puts logit scores through the sigmoid (sigmoid_scores)
+        for path in (a, b):
+            outs.append(load_backend(path)(torch.from_numpy(feed(x, align(path)))).float().numpy())
+    oa, ob = outs
     out = {}
     for key, sl in (("corners", slice(0, 8)), ("scores", slice(8, None))):
         cos, s, mx = tensor_stats(oa[..., sl], ob[..., sl])
@@ -112,7 +147,7 @@ def final_outputs(a: Path, b: Path, x) -> dict:
 
 
 def inputs_for(a: Path, images: str, n: int) -> np.ndarray:
-    """``n`` letterboxed inputs for A: from a folder of images, or synthetic scenes ("synth")."""
+    """``n`` letterboxed inputs in A's own input format: from a folder of images, or synthetic scenes ("synth")."""
     from ..backends import load_backend
     from ..export.int8 import QuantConfig, calibration_images
     from ..preprocess import CpuPreprocessor
@@ -120,6 +155,25 @@ def inputs_for(a: Path, images: str, n: int) -> np.ndarray:
     info = load_backend(a).info
     imgs = calibration_images(QuantConfig(calib=images, n_calib=n, calib_seed=777))
     return CpuPreprocessor(info, "cpu").__call__(imgs).batch.numpy()
+
+
+def pixels_for(a: Path, images: str, n: int) -> np.ndarray:
+    """:func:`inputs_for` as (B, H, W, 3) uint8 RGB pixels, the form every artifact's input is made from."""
+    import torch
+
+    from ..preprocess import to_uint8_nhwc
+
+    return to_uint8_nhwc(torch.from_numpy(inputs_for(a, images, n))).contiguous().numpy()
+
+
+def spaces(a: Path, b: Path) -> str:
+    """The line saying in which space the head's tensors and the final scores are compared."""
+    la, lb = _logits(a), _logits(b)
+    if la != lb:
+        head = f"in logit space ({'A' if la else 'B'} outputs logits: the other's final sigmoids removed for this)"
+    else:
+        head = "in logit space (both output logits)" if la else "as both graphs compute them (sigmoids kept)"
+    return f"head tensors compared {head}; the served scores below as probabilities"
 
 
 def format_table(rows: list[LayerError], top: int, jump_db: float) -> str:
@@ -154,13 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         for path in (args.a, args.b):
             if path.suffix.lower() != ".onnx" or not path.is_file():
                 raise PolydetError(f"{path}: layerwise comparison needs an existing .onnx artifact")
-        x = inputs_for(args.a, args.images, args.n)
+        x = pixels_for(args.a, args.images, args.n)
+        for path in (args.a, args.b):
+            info = _info(path)
+            if not info.dynamic and info.imgsz != x.shape[1]:
+                raise PolydetError(f"{path} takes {info.imgsz}x{info.imgsz} images, {args.a} {x.shape[1]}x"
+                                   f"{x.shape[2]}: compare artifacts of the same input size")
         rows = compare_layers(args.a, args.b, x)
         final = final_outputs(args.a, args.b, x)
     except PolydetError as e:
         print(f"polydet debug: error: {e}", file=sys.stderr)
         return 2
     print(format_table(rows, args.top, args.jump))
+    print(spaces(args.a, args.b))
     for key, v in final.items():
         print(f"final {key} (unmarked, as served): cosine {v['cosine']:.5f}  SNR {v['snr_db']:.1f} dB  "
               f"max|err| {v['max_abs']:.4g}")
