@@ -2,14 +2,18 @@
 
 ``decode``: the preprocessors side by side on the same 640x480 JPEGs (CPU PIL+cv2, torchvision nvJPEG,
 nvImageCodec: decode + letterbox, images/s at a batch) and the model alone through the shipped backends
-(TorchScript fp16 channels-last vs the AOTInductor fp16 package, 224, images/s).
+(TorchScript fp16 channels-last vs the AOTInductor package that scripts/gpu_aoti_probe.py found to load, 224).
 
 ``serve``: builds the archives on the device (today's TorchScript path with the CPU decode, the same with the
 GPU decode, the AOTInductor fp16 package compiled there, the naive handler), starts one TorchServe and, per
 row, registers the model, drives it with closed-loop REST clients on the same host (raw JPEG bodies, or
 JSON {"images": [base64 ...]} for multi-image requests), and reads where the time goes from TorchServe's
-metrics (frontend, queue, handler stages) and the processes' CPU time. ``--sweep`` first tries worker
-layouts and batching on the GPU-decode + multi-image + AOTI path at one concurrency. JSON rows to --out.
+metrics (frontend, queue, handler stages) and the processes' CPU time. The most telling row comes first:
+the compiled engine (the AOTInductor package when step 1 left one, else TorchScript) with the GPU decode and
+8 images per request at 256 clients, then the same at 1 image per request (the issue's two served targets);
+``--sweep`` then tries more worker layouts and batching at that concurrency and writes the best as
+``--recommend`` JSON (``polydet archive --gpu``'s Batching keys), and the rows after it use that layout.
+``--budget`` seconds bound the whole run: a row that would not fit is skipped and listed. JSON rows to --out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import dataclasses
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -94,10 +99,14 @@ def decode_bench(args) -> list[dict]:
             Path(args.out).write_text(json.dumps(rows, indent=1))
     if not args.model:
         return rows
-    paths = {"torchscript fp16": export(args.weights, "torchscript", out="/tmp/gb/ts.torchscript", imgsz=224)[0],
-             "aoti fp16": Path(args.aoti)}
+    paths = {"torchscript fp16": export(args.weights, "torchscript", out="/tmp/gb/ts.torchscript", imgsz=224)[0]}
+    if args.aoti and Path(args.aoti).is_file():
+        paths["aoti (step 1's package)"] = Path(args.aoti)
+    else:
+        print(f"no AOTInductor package at {args.aoti}: its model-only rows are not measured", flush=True)
     for name, path in paths.items():
         b_ = load_backend(path, device="cuda", precision="fp16" if "torchscript" in name else None)
+        name = f"{name} {b_.precision.value}" if "aoti" in name else name
         for b in (256, 1024):
             x = torch.rand(b, 3, 224, 224, device="cuda", dtype=torch.float16)
             ips, _ = _rate(lambda: (b_(x), b)[1], args.seconds)
@@ -181,89 +190,168 @@ def gpu_memory_mib() -> list[int]:
 
 
 # -- serve ------------------------------------------------------------------------------------------
-def build_store(root: Path, weights: str, aoti: str) -> Path:
-    """On the device: polydet_cpudec.mar (TorchScript, CPU decode: today's path), polydet.mar (the same
-    with GPU decode), polydet_aoti.mar (the AOTInductor fp16 package compiled here), naive.mar."""
+class Budget:
+    """The seconds this run may still spend: a row that would not fit is skipped (and says so), so a
+    device command's limit is never what ends the run; SIGTERM (timeout) unwinds and stops TorchServe."""
+
+    REGISTER_S = 25.0  # registering a model on the GPU: workers' start, CUDA context, warm-up per batch size
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def fits(self, points: int, seconds: float) -> bool:
+        return self.left() >= self.REGISTER_S + points * (seconds + 6.0)
+
+
+def ensure_archive(root: Path, weights: str, aoti: str | None, name: str) -> str:
+    """``name``.mar in root/store, built on first use: polydet_cpudec (TorchScript, CPU decode: today's path),
+    polydet (the same with the GPU decode), polydet_aoti (the AOTInductor CUDA package as compiled by step 1),
+    naive (benchmarks/naive_handler.py over the TorchScript artifact)."""
     from polydet.serving.archive import SERVED, ArchiveJob, build_archives
 
     store = root / "store"
+    if (store / f"{name}.mar").exists():
+        return f"{name}.mar"
     base = ArchiveJob(store, root / "build", weights=weights, formats=("torchscript",), imgsz=224, service=SERVED)
-    build_archives(dataclasses.replace(base, name="polydet_cpudec", service=dataclasses.replace(SERVED, gpu_decode=False)))
-    build_archives(base)
-    build_archives(dataclasses.replace(base, name="polydet_aoti", artifact=Path(aoti), device="cuda"))
-    ts_art = next((root / "build" / "polydet-1.0").glob("*.torchscript"))
-    subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "naive", "--version",
-                    "1.0", "--serialized-file", str(ts_art), "--handler", str(ROOT / "benchmarks/naive_handler.py"),
-                    "--export-path", str(store), "--force"], check=True)
-    return store
+    if name == "polydet_cpudec":
+        build_archives(dataclasses.replace(base, name=name, service=dataclasses.replace(SERVED, gpu_decode=False)))
+    elif name == "polydet":
+        build_archives(base)
+    elif name == "polydet_aoti":
+        build_archives(dataclasses.replace(base, name=name, artifact=Path(aoti), device="cuda"))
+    else:
+        ensure_archive(root, weights, aoti, "polydet")
+        ts_art = next((root / "build" / "polydet-1.0").glob("*.torchscript"))
+        subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version",
+                        "1.0", "--serialized-file", str(ts_art), "--handler", str(ROOT / "benchmarks/naive_handler.py"),
+                        "--export-path", str(store), "--force"], check=True)
+    return f"{name}.mar"
 
 
-def measure(ts, archive, name, settings, clients, seconds, per_request, procs, pool) -> list[dict]:
+def measure(ts, archive, name, settings, loads, args, pool, budget: Budget) -> list[dict]:
+    """Register ``archive`` with ``settings``, then one closed-loop run per (clients, images per request); a
+    model that does not get ready is one row with the reason (its workers' log tail), not the end of the run."""
     from polydet.bench.serve import ServerProbe, register_model
     from polydet.serving.client import RestClient
 
     t0 = time.perf_counter()
-    register_model(ts, settings, archive=archive, name=name, timeout=300)
+    try:
+        register_model(ts, settings, archive=archive, name=name, timeout=max(30.0, min(150.0, budget.left() - 30)))
+    except Exception as e:  # noqa: BLE001
+        RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens, timeout=60).unregister(name)
+        log = (ts.log_dir / "model_log.log").read_text(errors="replace").splitlines()[-6:]
+        print(f"{archive} did not get ready: {e}", *log, sep="\n", flush=True)
+        return [{"model": name, "layout": settings.label(), "error": f"{type(e).__name__}: {e}"[:300], "log": log}]
     ready_s = time.perf_counter() - t0
     mem = gpu_memory_mib()
     rows = []
-    for c in clients:
-        with ServerProbe(ts) as probe:
-            r = load(ts, name, c, seconds, per_request, procs, pool)
-        pr = probe.result if name != "naive" else {k: v for k, v in probe.result.items()
-                                                    if not k.startswith(("Polydet", "HandlerTime"))}
-        rows.append({"model": name, "layout": settings.label(), "ready_s": round(ready_s, 1),
-                     "gpu_mib_per_worker": round(sum(mem) / len(mem)) if mem else None, **r, **pr})
-        print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
-    RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens, timeout=300).unregister(name)
+    try:
+        for c, per_request in loads:
+            with ServerProbe(ts) as probe:
+                r = load(ts, name, c, args.seconds, per_request, args.procs, pool)
+            pr = probe.result if name != "naive" else {k: v for k, v in probe.result.items()
+                                                        if not k.startswith(("Polydet", "HandlerTime"))}
+            rows.append({"model": name, "layout": settings.label(), "workers": settings.workers,
+                         "batch_size": settings.batch_size, "max_batch_delay": settings.max_batch_delay,
+                         "ready_s": round(ready_s, 1), "gpu_mib_per_worker": round(sum(mem) / len(mem)) if mem else None,
+                         **r, **pr})
+            print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    finally:
+        RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens, timeout=300).unregister(name)
     return rows
 
 
-SWEEP = [(4, 16, 5, 8), (8, 16, 5, 16)]  # workers, batch, delay, images per request
+# (workers, batchSize in requests, maxBatchDelay ms); the first is also the headline row, measured first.
+# Requests carry SWEEP_PER_REQUEST images: a batch of 16 requests is 128 images for the model.
+SWEEP = [(8, 16, 5), (4, 16, 5), (8, 32, 5), (4, 32, 10), (12, 8, 2), (8, 64, 10)]
+SWEEP_PER_REQUEST = 8
+P99_TARGET_MS = 100.0  # issue 14: p99 <= 100 ms
 COLS = ["row", "model", "layout", "clients", "per_request", "img_per_s", "req_per_s", "p50_ms", "p99_ms", "failures",
         "frontend_latency_ms", "queue_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
         "PolydetPostprocessMs_avg", "PolydetBatchSize_avg", "gpu_mib_per_worker", "cpu_frontend_ms_per_req",
         "cpu_workers_ms_per_req", "cpu_clients_ms_per_img"]
 
 
+def recommend(sweep: list[dict], engine: str) -> dict:
+    """The sweep's best layout: the most images/s among rows with p99 <= 100 ms and no failures (else the
+    most images/s), as ``polydet archive --gpu``'s Batching keys."""
+    ok = [r for r in sweep if not r.get("failures")] or sweep
+    within = [r for r in ok if r["p99_ms"] <= P99_TARGET_MS]
+    best = max(within or ok, key=lambda r: r["img_per_s"])
+    return {"min_workers": best["workers"], "max_workers": best["workers"], "batch_size": best["batch_size"],
+            "max_batch_delay": best["max_batch_delay"], "images_per_request": best["per_request"],
+            "engine": engine, "img_per_s": round(best["img_per_s"]), "p99_ms": round(best["p99_ms"], 1),
+            "clients": best["clients"], "p99_within_target": bool(within),
+            "criterion": f"most img/s with p99 <= {P99_TARGET_MS:.0f} ms and no failures (else most img/s)",
+            "sweep": [{k: r.get(k) for k in ("layout", "img_per_s", "p99_ms", "failures", "gpu_mib_per_worker")}
+                      for r in sweep]}
+
+
 def serve_bench(args) -> list[dict]:
     from polydet.bench.serve import ServeSettings, served
     from polydet.serving.client import RestClient
 
+    budget = Budget(args.budget)
     root = Path(args.work)
     pool = root / "pool.json"
     pool.write_text(json.dumps([base64.b64encode(j).decode() for j in photos(16, seed=1)]))
-    store = build_store(root, args.weights, args.aoti)
-    clients = [int(c) for c in args.clients.split(",")]
+    aoti = args.aoti if args.aoti and Path(args.aoti).is_file() else None
+    engine, main_name = ("polydet_aoti", "aoti") if aoti else ("polydet", "gpudec")
+    print(f"engine of the sweep and headline: {engine}" + ("" if aoti else f" (no AOTInductor package at {args.aoti})"))
     mk = lambda w, b, d: ServeSettings(batch_size=b, max_batch_delay=d, workers=w, threads=1,  # noqa: E731
                                        job_queue_size=4096, gpu=True)
+    arch = lambda n: ensure_archive(root, args.weights, aoti, n)  # noqa: E731
+    ensure_archive(root, args.weights, aoti, "polydet")  # served() starts with it registered
+    arch(engine)
     vm = f"-Xmx8g -XX:+ExitOnOutOfMemoryError -Dlog4j.configurationFile={ROOT / 'src/polydet/serving/log4j2.xml'}"
     rows: list[dict] = []
     save = lambda: Path(args.out).write_text(json.dumps(rows, indent=1))  # noqa: E731
-    with served(store, mk(1, 1, 1), properties={"vmargs": vm}) as ts:
+    with served(root / "store", mk(1, 1, 1), properties={"vmargs": vm}) as ts:
         RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens, timeout=300).unregister("polydet")
-        best = (4, 16, 5, 8)
-        if args.sweep:
-            scored = []
-            for w, b, d, n in SWEEP:
-                r = measure(ts, "polydet_aoti.mar", "aoti", mk(w, b, d), [args.sweep_clients], args.seconds, n,
-                            args.procs, pool)[0]
-                rows.append({"row": "sweep", **r})
-                scored.append(((r["p99_ms"] <= 100, r["img_per_s"]), (w, b, d, n)))
+        sweep = run_sweep(ts, engine, main_name, mk, args, pool, budget, rows, save)
+        best = (sweep[0]["workers"], sweep[0]["batch_size"], sweep[0]["max_batch_delay"]) if sweep else SWEEP[0]
+        if sweep and args.recommend:
+            rec = recommend(sweep, engine)
+            Path(args.recommend).write_text(json.dumps(rec, indent=1))
+            best = (rec["max_workers"], rec["batch_size"], rec["max_batch_delay"])
+        cs = [int(c) for c in args.clients.split(",")]
+        plan = [(f"{engine}: GPU decode, {SWEEP_PER_REQUEST} images per request", engine, main_name, mk(*best),
+                 [(c, SWEEP_PER_REQUEST) for c in cs] + [(c, 1) for c in cs]),
+                ("today: TorchScript, CPU decode", "polydet_cpudec", "cpudec", mk(10, 16, 5), [(c, 1) for c in cs]),
+                ("naive handler (baseline)", "naive", "naive", mk(10, 16, 5), [(cs[len(cs) // 2], 1)])]
+        if aoti:
+            plan.insert(1, ("TorchScript + GPU decode", "polydet", "gpudec", mk(*best),
+                            [(c, SWEEP_PER_REQUEST) for c in cs[1:2]] + [(c, 1) for c in cs[1:2]]))
+        for label, archive, name, settings, loads in plan:
+            if not budget.fits(len(loads), args.seconds):
+                rows.append({"row": label, "skipped": f"no time left ({budget.left():.0f} s)"})
                 save()
-            best = max(scored)[1]
-        w, b, d, n = best
-        plan = [("today: TorchScript, CPU decode", "polydet_cpudec.mar", "cpudec", mk(10, 16, 5), 1),
-                ("+ GPU decode", "polydet.mar", "gpudec", mk(w, b, d), 1),
-                ("+ multi-image requests", "polydet.mar", "gpudec", mk(w, b, d), n),
-                ("+ compiled engine (AOTInductor fp16)", "polydet_aoti.mar", "aoti", mk(w, b, d), n),
-                ("+ compiled engine, 1 image per request", "polydet_aoti.mar", "aoti", mk(w, b, d), 1),
-                ("naive handler (baseline)", "naive.mar", "naive", mk(10, 16, 5), 1)]
-        for label, archive, name, settings, per in plan:
-            for r in measure(ts, archive, name, settings, clients, args.seconds, per, args.procs, pool):
-                rows.append({"row": label, **r})
+                continue
+            for r in measure(ts, arch(archive), name, settings, loads, args, pool, budget):
+                rows.append({"row": label + (", 1 image per request" if r.get("per_request") == 1 and
+                                             loads[0][1] != 1 else ""), **r})
                 save()
     return rows
+
+
+def run_sweep(ts, engine, name, mk, args, pool, budget: Budget, rows: list, save) -> list[dict]:
+    """The layouts of SWEEP at --sweep-clients; the first (the headline) also at 1 image per request."""
+    out = []
+    for k, (w, b, d) in enumerate(SWEEP if args.sweep else SWEEP[:1]):
+        loads = [(args.sweep_clients, SWEEP_PER_REQUEST)] + ([(args.sweep_clients, 1)] if k == 0 else [])
+        if not budget.fits(len(loads) + 8, args.seconds):  # keep time for the rows after the sweep
+            rows.append({"row": "sweep", "layout": mk(w, b, d).label(), "skipped": f"no time left ({budget.left():.0f} s)"})
+            break
+        for r in measure(ts, f"{engine}.mar", name, mk(w, b, d), loads, args, pool, budget):
+            rows.append({"row": ("headline" if k == 0 else "sweep") + (", 1 image per request"
+                                                                       if r.get("per_request") == 1 else ""), **r})
+            if r.get("per_request") == SWEEP_PER_REQUEST:
+                out.append(r)
+        save()
+    return out
 
 
 def plot(rows: list[dict], out: Path, title: str) -> None:
@@ -298,12 +386,16 @@ def main(argv=None) -> int:
     p.add_argument("--procs", type=int, default=8, help="client processes")
     p.add_argument("--work", default="/tmp/gb")
     p.add_argument("--out", required=True, help="JSON rows")
+    p.add_argument("--budget", type=float, default=420.0, help="serve: seconds for everything (rows that would "
+                   "not fit are skipped and listed)")
+    p.add_argument("--recommend", help="serve --sweep: write the recommended GPU batching (JSON) here")
     p.add_argument("--title", default="polydet served on one GPU")
     args = p.parse_args(argv)
     if args.what == "plot":
         plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"), args.title)
         return 0
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: unwind, so TorchServe is stopped
     rows = decode_bench(args) if args.what == "decode" else serve_bench(args)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     import torch

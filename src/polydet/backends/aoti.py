@@ -6,6 +6,9 @@ takes fp16 input, and a package compiled for one device type is refused on anoth
 
 from __future__ import annotations
 
+import json
+import zipfile
+
 import torch
 
 from ..errors import ModelLoadError
@@ -22,14 +25,7 @@ class AotiBackend(Backend):
 
     def __init__(self, path, device="cpu", precision=None):
         super().__init__(path, device, precision)
-        from torch._inductor import aoti_load_package
-
-        try:
-            index = self.device.index if self.device.index is not None else -1
-            self.model = aoti_load_package(str(self.path), device_index=index)
-            meta = self.model.get_metadata()
-        except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"cannot load AOTInductor package {self.path}: {e}") from e
+        meta = read_metadata(self.path)  # before any runner exists: a refusal constructs nothing
         built_for = meta.get(_DEVICE_KEY, "?")
         if built_for != self.device.type:
             raise ModelLoadError(f"{self.path} was compiled for {built_for}, not {self.device.type}: export it "
@@ -40,6 +36,7 @@ class AotiBackend(Backend):
                                  f"is fixed at export, not {self.requested.value}")
         self.channels_last = meta.get("polydet_channels_last") == "true"
         self.chunk = int(meta.get("polydet_max_batch", 1))
+        self.model = _load(self.path, self.device)
 
     @property
     def precision(self) -> Precision:
@@ -51,6 +48,38 @@ class AotiBackend(Backend):
         x = x.to(self.device, self.input_dtype).contiguous(memory_format=fmt)
         outs = [first_output(self.model(x[i : i + self.chunk])) for i in range(0, len(x), self.chunk)]
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
+
+
+def read_metadata(path) -> dict[str, str]:
+    """The package's metadata (Inductor's keys and the exporter's) read from the archive itself, without
+    loading the compiled library: ``<name>/data/aotinductor/model/*.wrapper_metadata.json``."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("_metadata.json") and "/data/aotinductor/model/" in n]
+            text = z.read(sorted(names, key=lambda n: "wrapper" not in n)[0]) if names else None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ModelLoadError(f"cannot read AOTInductor package {path}: {e}") from e
+    if text is None:
+        raise ModelLoadError(f"{path} holds no AOTInductor model (no data/aotinductor/model/*_metadata.json)")
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: its AOTInductor metadata is not JSON: {e}") from e
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def _load(path, device: torch.device):
+    """The compiled model on ``device``; on CUDA the context exists and the index is explicit first."""
+    from torch._inductor import aoti_load_package
+
+    index = -1
+    if device.type == "cuda":
+        torch.cuda.init()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        return aoti_load_package(str(path), device_index=index)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load AOTInductor package {path}: {e}") from e
 
 
 BACKEND = AotiBackend
