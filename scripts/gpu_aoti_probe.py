@@ -97,11 +97,9 @@ def tiny_model():
 
 
 def compile_variant(name: str, out: Path, weights: str) -> None:
-    import torch
-
     sys.path.insert(0, str(ROOT / "src"))
     from polydet.backends.base import META_KEY
-    from polydet.export.aoti import CHANNELS_LAST_KEY, MAX_BATCH, MAX_BATCH_KEY, compile_package
+    from polydet.export.aoti import CHANNELS_LAST_KEY, FIXED_BATCH_KEY, MAX_BATCH, MAX_BATCH_KEY, compile_package
     from polydet.export.common import example_input, fused_copy, load_or_build
     from polydet.meta import Precision
 
@@ -117,8 +115,8 @@ def compile_variant(name: str, out: Path, weights: str) -> None:
     example = example_input(224 if kind == "polydet" else 64, precision, device)
     if batch:
         example = example.expand(batch, -1, -1, -1).contiguous()
-    md = {META_KEY: info.to_json(), CHANNELS_LAST_KEY: str(cl).lower(),
-          MAX_BATCH_KEY: str(batch or MAX_BATCH)} if meta else {}
+    md = {META_KEY: info.to_json(), CHANNELS_LAST_KEY: str(cl).lower(), MAX_BATCH_KEY: str(batch or MAX_BATCH),
+          **({FIXED_BATCH_KEY: "true"} if batch else {})} if meta else {}
     t0 = time.perf_counter()
     compile_package(model, example, out, md, channels_last=cl, max_batch=None if batch else MAX_BATCH)
     print(f"compiled {name} in {time.perf_counter() - t0:.1f} s: {out.stat().st_size} bytes", flush=True)
@@ -175,7 +173,7 @@ def _inputs(n: int, size: int):
 
 
 def _parity(x, out, weights: str) -> None:
-    """The package's output against the unfused fp32 eager model (fp16 tolerance: 2 px, 0.02)."""
+    """The package's output against the unfused fp32 eager model (TOLERANCES' fp16 and tf32 rows: 1 px, 0.01)."""
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -186,7 +184,7 @@ def _parity(x, out, weights: str) -> None:
         ref = model.to(out.device).eval()(x.to(out.device)).float()
     d = float((out[..., :8] - ref[..., :8]).abs().max()), float((out[..., 8:] - ref[..., 8:]).abs().max())
     print(f"stage: parity vs eager: corners {d[0]:.4f} px, scores {d[1]:.5f}", flush=True)
-    if not (d[0] <= 2.0 and d[1] <= 0.02):
+    if not (d[0] <= 1.0 and d[1] <= 0.01):
         raise SystemExit(f"parity failed: {d}")
 
 
@@ -332,10 +330,15 @@ def summary(report: dict) -> str:
             lines.append(f"{name} | not run (time)")
             continue
         c = r["compile"]
-        cell = lambda k: ("OK" if r[k]["ok"] else f"rc {r[k]['rc']} at {r[k]['last_stage']}") if k in r else "-"  # noqa: E731
-        lines.append(f"{name} | rc {c['rc']}, {c['s']} s | {cell('load_torch')} | {cell('load_backend')}")
+        lines.append(f"{name} | rc {c['rc']}, {c['s']} s | {_cell(r, 'load_torch')} | {_cell(r, 'load_backend')}")
     lines.append(f"best (copied): {report['best']}")
     return "\n".join(lines)
+
+
+def _cell(row: dict, key: str) -> str:
+    if key not in row:
+        return "-"
+    return "OK" if row[key]["ok"] else f"rc {row[key]['rc']} at {row[key]['last_stage']}"
 
 
 def main(argv=None) -> int:

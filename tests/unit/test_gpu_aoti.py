@@ -1,6 +1,6 @@
 """The AOTInductor format on the CPU: export (compiled by Inductor's C++ backend, ~1-2 min here), the
 package's own metadata, parity with the eager model at several batch sizes, the refusals. The CUDA package
-(fp16, channels-last) is tested on the device: tests/gpu/test_gpu_serving.py."""
+(fp16, channels-last) is tested on the device: tests/gpu/test_cuda_aoti.py and scripts/gpu_aoti_probe.py."""
 
 import pytest
 import torch
@@ -46,3 +46,42 @@ def test_refusals(package):
         load_backend(path, device="cuda")
     with pytest.raises(ModelLoadError, match="compiled fp32 package: its precision is fixed at export, not fp16"):
         load_backend(path, device="cpu", precision="fp16")
+
+
+def test_metadata_is_read_from_the_archive(package):
+    """read_metadata() reads the package's JSON without loading its library: Inductor's keys and ours."""
+    from polydet.backends.aoti import read_metadata
+
+    path, _ = package
+    meta = read_metadata(path)
+    assert meta["AOTI_DEVICE_KEY"] == "cpu"
+    assert meta["polydet_channels_last"] == "false" and meta["polydet_max_batch"] == "1024"
+    assert ModelInfo.from_json(meta["polydet"]) == ModelInfo(imgsz=128)
+
+
+def test_not_a_package_is_a_load_error(tmp_path):
+    import zipfile
+
+    from polydet.backends.aoti import read_metadata
+
+    bad = tmp_path / "x.pt2"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match="cannot read AOTInductor package"):
+        load_backend(bad, device="cpu")
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("x/data/other.txt", "hi")
+    with pytest.raises(ModelLoadError, match="holds no AOTInductor model"):
+        read_metadata(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a child that fails (no CUDA here)")
+def test_smoke_load_reports_a_failed_child(package):
+    """The exporter's fresh-process load of a CUDA package: a child that fails becomes an ExportError with
+    how it ended and its last lines (here the child finds no CUDA)."""
+    from polydet.errors import ExportError
+    from polydet.export.aoti import smoke_load
+
+    path, _ = package
+    with pytest.raises(ExportError, match=r"failed to load and run in a fresh process \(exit code 1\)") as e:
+        smoke_load(path, torch.float32, timeout=120)
+    assert "AssertionError: Torch not compiled with CUDA enabled" in str(e.value)  # the child's last line

@@ -1,7 +1,9 @@
 """AOTInductor backend: a ``.pt2`` package from ``polydet export --format aoti`` (CPU or CUDA, as compiled).
 
 The package's precision, device type, layout and largest batch are its own (its metadata): an fp16 package
-takes fp16 input, and a package compiled for one device type is refused on another with the reason.
+takes fp16 input, and a package compiled for one device type is refused on another with the reason, read
+from the archive before its library is loaded. A package compiled for a fixed batch (``polydet_batch_fixed``)
+gets its last chunk padded to that batch.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class AotiBackend(Backend):
                                  f"is fixed at export, not {self.requested.value}")
         self.channels_last = meta.get("polydet_channels_last") == "true"
         self.chunk = int(meta.get("polydet_max_batch", 1))
+        self.fixed = meta.get("polydet_batch_fixed") == "true"  # compiled for exactly `chunk` images a call
         self.model = _load(self.path, self.device)
 
     @property
@@ -46,7 +49,13 @@ class AotiBackend(Backend):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         x = x.to(self.device, self.input_dtype).contiguous(memory_format=fmt)
-        outs = [first_output(self.model(x[i : i + self.chunk])) for i in range(0, len(x), self.chunk)]
+        outs = []
+        for i in range(0, len(x), self.chunk):
+            part = x[i : i + self.chunk]
+            n = len(part)
+            if self.fixed and n < self.chunk:  # padded with zeros to the compiled batch, the padding's rows dropped
+                part = torch.cat([part, part.new_zeros((self.chunk - n, *part.shape[1:]))]).contiguous(memory_format=fmt)
+            outs.append(first_output(self.model(part))[:n])
         return (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
 
 

@@ -32,6 +32,7 @@ from .common import ExportJob
 MAX_BATCH = 1024  # the largest batch one call takes; the backend splits larger ones
 CHANNELS_LAST_KEY = "polydet_channels_last"
 MAX_BATCH_KEY = "polydet_max_batch"
+FIXED_BATCH_KEY = "polydet_batch_fixed"  # "true": compiled for exactly MAX_BATCH_KEY images (the backend pads)
 SMOKE_TIMEOUT_S = 180  # a fresh process: CUDA context, the package's extraction and first kernels' load
 
 
