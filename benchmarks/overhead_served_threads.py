@@ -33,7 +33,7 @@ def snapshot(java) -> dict:
             if name == "worker":
                 for t in c.threads():
                     threads[(c.pid, t.id)] = t.user_time + t.system_time
-        except Exception:  # noqa: BLE001, S110 - a process that ended between the listing and the read
+        except Exception:  # noqa: BLE001, S112 - a process that ended between the listing and the read
             continue
     return {"procs": procs, "threads": threads, "java": sum(java.cpu_times()[:2])}
 
