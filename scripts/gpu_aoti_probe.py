@@ -308,6 +308,7 @@ def orchestrate(args) -> int:
         report["shipped_linking"] = linking(shipped)
     report["best"] = pick_best(report["variants"], Path(args.best))
     Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+    (WORK / "report.json").write_text(json.dumps(report, indent=1, default=str))  # for step 2, on the device
     print(summary(report), flush=True)
     return 0 if report["best"] else 1
 

