@@ -12,12 +12,18 @@ artifact in the same rounds (optimize/report.measure_speed), on real letterboxed
 others; QAT itself runs before, its own command). ``--served-seconds``: each row archived as it is and served
 by one real TorchServe (quant_served.py), REST img/s measured interleaved over ``--served-rounds`` rounds.
 Writes <out>.json and <out>.md (the table BENCHMARKS.md quotes).
+
+``--row LABEL=PATH`` (repeatable): rows from existing ONNX files instead of exporting any (one labelled fp32 is
+the reference), e.g. the artifacts of an earlier ``--work`` run plus a QAT file. ``--no-eval``: speed only (no
+mAP, no parity): the quick first look at a host's CPU (scripts/gpu_qat.sh measures INT8 vs fp32 so first). The
+JSON records the CPU (model, VNNI) and the cores the process was allowed to run on (pin it with taskset).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -55,6 +61,11 @@ def parity(path: Path, eager, imgsz: int) -> dict:
 def build(args, workdir: Path) -> dict:
     from polydet.export import export
 
+    if args.row:  # existing artifacts, nothing exported
+        paths = {label: Path(path) for label, _, path in (r.partition("=") for r in args.row)}
+        if "fp32" not in paths or not all(paths.values()):
+            raise SystemExit("--row needs LABEL=PATH pairs, one of them labelled fp32 (the reference)")
+        return paths
     paths = {}
     names = ["fp32", *[v for v in args.variants if v != "fp32"]] if args.variants else list(VARIANTS)  # fp32: the reference
     chosen = {n: VARIANTS[n] for n in names}
@@ -80,12 +91,16 @@ def main(argv=None) -> int:
     p.add_argument("--n-calib", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=10, help="batch-1 runs per artifact and round (batch 8: a quarter)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/quant"))
     p.add_argument("--work", help="keep the artifacts and the validation set here (default: a temporary folder)")
     p.add_argument("--variants", type=lambda v: [x.strip() for x in v.split(";") if x.strip()],
                    help=f"';'-separated subset of the variants (default all: {'; '.join(VARIANTS)})")
     p.add_argument("--qat", action="append", metavar="[LABEL=]PATH",
                    help="a QDQ ONNX written by `polydet qat` from the same weights: one more row (repeatable)")
+    p.add_argument("--row", action="append", metavar="LABEL=PATH",
+                   help="an existing ONNX as a row, nothing exported (repeatable; one labelled fp32)")
+    p.add_argument("--no-eval", action="store_true", help="speed only: no mAP, no parity check")
     p.add_argument("--served-seconds", type=float, default=0.0, help="served img/s per row and round (0: not served)")
     p.add_argument("--served-rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=8, help="REST clients of the served measurement")
@@ -113,13 +128,15 @@ def run(args, workdir: Path) -> dict:
     rows = {}
     eager, info = load_or_build(args.weights, imgsz=args.imgsz)
     for name, path in paths.items():
+        rows[name] = {"mb": path.stat().st_size / 1e6}
+        if args.no_eval:
+            continue
         r = evaluate_artifact(path, val)
-        rows[name] = {"map50": r["map50"], "map": r["map"], "mb": path.stat().st_size / 1e6,
-                      **parity(path, eager.eval(), args.imgsz or info.imgsz)}
+        rows[name].update({"map50": r["map50"], "map": r["map"], **parity(path, eager.eval(), args.imgsz or info.imgsz)})
         print(f"{name}: mAP50 {r['map50']:.4f} mAP50-95 {r['map']:.4f}", flush=True)
     backends = {name: load_backend(path) for name, path in paths.items()}
     batch = load_batch(val, backends["fp32"].info, 8)
-    speed = measure_speed(backends, batch, threads=args.threads, rounds=args.rounds)
+    speed = measure_speed(backends, batch, threads=args.threads, rounds=args.rounds, iters=args.iters)
     for name, row in rows.items():
         row.update(speed[name])
     if args.served_seconds > 0:
@@ -130,9 +147,10 @@ def run(args, workdir: Path) -> dict:
         for name, row in rows.items():
             row.update(served[name])
     return {"tolerance_int8": TOLERANCES["int8"], "weights": args.weights, "n_val": args.n_val, "calib": args.calib,
-            "n_calib": args.n_calib, "threads": args.threads, "rounds": args.rounds, "qat": args.qat,
+            "n_calib": args.n_calib, "threads": args.threads, "rounds": args.rounds, "iters": args.iters, "qat": args.qat,
             "served_seconds": args.served_seconds, "served_rounds": args.served_rounds, "concurrency": args.concurrency,
-            "cpu": cpu_facts(), "rows": rows}
+            "cpu": cpu_facts(), "cpu_affinity": sorted(os.sched_getaffinity(0)), "eval": not args.no_eval,
+            "rows": rows}
 
 
 def table(result: dict) -> str:
@@ -142,11 +160,14 @@ def table(result: dict) -> str:
     for name, r in result["rows"].items():
         served = (f"{r['served_img_s']:.1f} | {r['served_img_s'] / ref['served_img_s']:.2f}" if "served_img_s" in r
                   else "- | -")
-        lines.append(f"| {name} | {r['map50']:.4f} | {r['map']:.4f} | {r['ms_batch1']:.2f} | "
+        acc = f"{r['map50']:.4f} | {r['map']:.4f}" if "map50" in r else "- | -"
+        check = f"{r['parity_corners_px']:.3g} / {r['parity_scores']:.3g}" if "parity_scores" in r else "-"
+        lines.append(f"| {name} | {acc} | {r['ms_batch1']:.2f} | "
                      f"{r['ms_batch1'] / ref['ms_batch1']:.2f} | {r['img_s_batch8']:.1f} | "
-                     f"{r['img_s_batch8'] / ref['img_s_batch8']:.2f} | {served} | {r['mb']:.2f} | "
-                     f"{r['parity_corners_px']:.3g} / {r['parity_scores']:.3g} |")
-    return "\n".join(lines) + "\n"
+                     f"{r['img_s_batch8'] / ref['img_s_batch8']:.2f} | {served} | {r['mb']:.2f} | {check} |")
+    cpu = result.get("cpu", {})
+    return "\n".join(lines) + (f"\n\nCPU: {cpu.get('cpu') or cpu.get('machine')} (VNNI: {cpu.get('vnni')}), cores "
+                               f"{result.get('cpu_affinity')}, {result['threads']} thread(s)\n")
 
 
 if __name__ == "__main__":
