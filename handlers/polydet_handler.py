@@ -13,7 +13,7 @@ from ts.utils.util import PredictionException
 from polydet.serving import oip_torchserve
 from polydet.serving.gpus import gpu_memory_mib
 from polydet.serving.service import DetectionService
-from polydet.serving.ts_metrics import MetricsRecorder
+from polydet.serving.ts_metrics import MetricsRecorder, drop_ts_per_batch_line
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class PolydetHandler:
         self.service = DetectionService.from_artifact(artifact, (context.model_yaml_config or {}).get("handler"),
                                                       self.device, int(props.get("batch_size") or 1))
         self.metrics = MetricsRecorder(self.device)
+        drop_ts_per_batch_line()  # a line per batch that log4j2.xml drops: not written at all
         self.initialized = True
         mib = gpu_memory_mib(self.device)  # after the warm-up's batches
         log.info("polydet: %s%s", self.service.describe(), "" if mib is None else
