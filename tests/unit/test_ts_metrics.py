@@ -116,10 +116,10 @@ def test_the_per_batch_line_of_ts_is_dropped_and_nothing_else(caplog):
         drop_ts_per_batch_line()  # a second worker initialize adds no second filter
         assert len(root.filters) == len(saved) + 1
         with caplog.at_level(logging.INFO):
-            logging.info(TS_PER_BATCH_LINE, 1796673639)
-            logging.info("Backend received inference at: soon")
+            logging.info(TS_PER_BATCH_LINE, 1796673639)  # noqa: LOG015 - ts logs it on the root logger
+            logging.info("Backend received inference at: soon")  # noqa: LOG015
             logging.getLogger("polydet.x").info(TS_PER_BATCH_LINE, 1)
-            logging.info("[PID]%d", 42)
+            logging.info("[PID]%d", 42)  # noqa: LOG015
         assert [(r.name, r.getMessage()) for r in caplog.records] == [
             ("root", "Backend received inference at: soon"), ("polydet.x", "Backend received inference at: 1"),
             ("root", "[PID]42")]
