@@ -140,3 +140,19 @@ def test_a_uint8_graph_without_polydets_preprocess_is_refused(arts, tmp_path, ca
     shutil.copy(arts[0], tmp_path / "plain.onnx")
     assert main(["debug", str(tmp_path / "plain.onnx"), str(tmp_path / "foreign.onnx"), "--n", "1"]) == 2
     assert "has no preprocess/Div node" in capsys.readouterr().err
+
+
+def test_int8_with_and_without_fused_preprocessing_match_tensor_for_tensor(arts, tmp_path):
+    """The same calibration quantizes both (the fuse pass runs after quantization), so every tensor the two QDQ
+    graphs share is identical: the renamed /255 output pairs with the plain input and nothing pairs wrongly."""
+    from polydet.export.int8 import QuantConfig
+
+    x = arts[3]
+    q, _ = export("random", "onnx", out=tmp_path / "q.onnx", imgsz=64, precision="int8", quant=QuantConfig(n_calib=2))
+    qf, _ = export("random", "onnx", out=tmp_path / "qf.onnx", imgsz=64, precision="int8",
+                   quant=QuantConfig(n_calib=2), passes=("fuse-preprocess",))
+    rows = compare_layers(q, qf, x)
+    assert len(rows) > 200 and all(r.snr_db == SNR_CAP and r.max_abs == 0.0 for r in rows)
+    assert {r.name for r in compare_layers(qf, q, x)} == {"images"} | {r.name for r in rows}
+    plain_vs_int8 = compare_layers(arts[0], qf, x)  # fp32 plain vs INT8 fused: the first conv is where error starts
+    assert plain_vs_int8[0].name == "/yolobody.0/conv/Conv_output_0" and plain_vs_int8[0].snr_db < SNR_CAP
