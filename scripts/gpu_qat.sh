@@ -31,7 +31,7 @@ OUT=${OUT:-runs/qat}
 PY=${PY:-python3}          # the GPU machine's python3 (3.12) holds torch
 WEIGHTS=${WEIGHTS:-weights/polydet_main_area.pt}
 DEVICE=${DEVICE:-cuda}     # where QAT fine-tunes (export and checks run on the CPU)
-STEPS=${STEPS:-100000}     # an upper bound: QAT_BUDGET ends training first on the device
+STEPS=${STEPS:-20000}      # a cap: QAT_BUDGET ends training first (GRAPH=qat freezes ranges at 70 % of STEPS: size it)
 BATCH=${BATCH:-64}         # images per QAT step
 WORKERS=${WORKERS:-14}     # scene-rendering processes for QAT: every core but the trainer's
 QAT_BUDGET=${QAT_BUDGET:-180}  # seconds of QAT training (then its export and checks; CPU here: 20 s)
