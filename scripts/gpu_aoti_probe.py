@@ -9,8 +9,9 @@ its own process, and loads and runs each in a fresh process, so that one crash c
   is this torch/driver/toolchain, not our model or metadata;
 - the polydet model: fp16 channels-last dynamic batch with the metadata (what ``polydet export`` writes),
   fp32, fp16 without polydet's metadata, fp16 at a fixed batch of 64;
-- the shipped one loaded once more through ``polydet.backends`` with the caller's environment (step 1 puts
-  nvImageCodec's libraries on LD_LIBRARY_PATH) next to the clean environment every other load gets.
+- the shipped one loaded twice more: through ``polydet.backends`` (numba, scipy imported) with the caller's
+  environment (step 1 puts nvImageCodec's libraries on LD_LIBRARY_PATH), and after torchvision's nvJPEG decode
+  in the same process (as in the pytest process that crashed), next to the clean load every variant gets.
 
 A load that dies from a signal prints its native stack (a SIGSEGV handler compiled here with the system C
 compiler and installed in the child through ctypes, chained before faulthandler's Python stack), and the
@@ -139,6 +140,18 @@ def load_variant(name: str, pkg: Path, weights: str, via: str) -> None:
     print("stage: metadata", {k: v[:60] for k, v in _zip_meta(pkg).items()}, flush=True)
     if device == "cuda":
         torch.cuda.init()
+    if via == "after-gpu-decode":  # the crashed pytest process had run torchvision's nvJPEG decode first
+        import io
+
+        import torchvision
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (640, 480), (90, 160, 30)).save(buf, "JPEG")
+        data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        imgs = torchvision.io.decode_jpeg([data, data], device="cuda")
+        torch.cuda.synchronize()
+        print(f"stage: torchvision decoded {len(imgs)} JPEGs on the GPU", flush=True)
     print(f"stage: construct via {via}", flush=True)
     if via == "backend":
         sys.path.insert(0, str(ROOT / "src"))
@@ -155,7 +168,7 @@ def load_variant(name: str, pkg: Path, weights: str, via: str) -> None:
     for n in ([batch] if batch else [1, 7, 64]):
         x = _inputs(n, size).to(device)
         with torch.inference_mode():
-            out = model(x.to(dtype).contiguous(memory_format=fmt) if via == "torch" else x)
+            out = model(x.to(dtype).contiguous(memory_format=fmt) if via != "backend" else x)
         out = (out[0] if isinstance(out, (list, tuple)) else out).float()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -246,8 +259,8 @@ def run_variant(name: str, args, env: dict, lib: str | None, deadline: float, ro
     if row["compile"]["rc"] != 0:
         return
     lenv = {**clean_env(env), **({"POLYDET_SEGV_LIB": lib} if lib else {})}
-    loads = [("torch", lenv)] + ([("backend", {**env, **({"POLYDET_SEGV_LIB": lib} if lib else {})})]
-                                 if name == SHIPPED else [])
+    step_env = {**env, **({"POLYDET_SEGV_LIB": lib} if lib else {})}
+    loads = [("torch", lenv)] + ([("backend", step_env), ("after-gpu-decode", lenv)] if name == SHIPPED else [])
     for via, e in loads:
         r = child(["load", name, str(pkg), "--via", via, "--weights", args.weights], e,
                   min(args.load_timeout, deadline - time.time()), d / f"load_{via}.log")
@@ -324,14 +337,15 @@ def pick_best(rows: dict, best: Path) -> str | None:
 
 
 def summary(report: dict) -> str:
-    lines = ["", "variant | compile | load (clean env) | load via backend (caller's env)"]
+    lines = ["", "variant | compile | load (clean env) | load via backend (caller's env) | load after a GPU decode"]
     for name in report["names"]:
         r = report["variants"].get(name)
         if r is None:
             lines.append(f"{name} | not run (time)")
             continue
         c = r["compile"]
-        lines.append(f"{name} | rc {c['rc']}, {c['s']} s | {_cell(r, 'load_torch')} | {_cell(r, 'load_backend')}")
+        lines.append(f"{name} | rc {c['rc']}, {c['s']} s | {_cell(r, 'load_torch')} | {_cell(r, 'load_backend')} | "
+                     f"{_cell(r, 'load_after-gpu-decode')}")
     lines.append(f"best (copied): {report['best']}")
     return "\n".join(lines)
 
@@ -357,7 +371,7 @@ def main(argv=None) -> int:
         s.add_argument("variant", choices=list(VARIANTS))
         s.add_argument("pkg", type=Path)
         if name == "load":
-            s.add_argument("--via", choices=["torch", "backend"], default="torch")
+            s.add_argument("--via", choices=["torch", "backend", "after-gpu-decode"], default="torch")
     for s in sub.choices.values():
         s.add_argument("--weights", default=str(ROOT / "weights/polydet_main_area.pt"))
     args = p.parse_args(argv)

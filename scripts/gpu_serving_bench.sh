@@ -23,6 +23,7 @@ OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 AOTI=/tmp/gb/aoti.pt2  # step 1's probe copies the package that loaded here; step 2 serves it
 T0=$SECONDS
+BASE_LD="${LD_LIBRARY_PATH:-}"
 STEP_BUDGET="${STEP_BUDGET:-560}"  # one device command runs at most 600 s
 
 part() {  # part LIMIT CMD...: CMD under `timeout`, never past the step's budget (124: it ran out)
@@ -80,7 +81,8 @@ PY
 
 site() {  # the unpacked zips on the path (NO_NV_LD=1: nvImageCodec's CUDA libraries left off the library path)
   export PYTHONPATH="/tmp/gb_site:$ROOT/src"
-  [ -n "${NO_NV_LD:-}" ] || export LD_LIBRARY_PATH="/tmp/gb_site/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
+  export LD_LIBRARY_PATH="$BASE_LD"
+  [ -n "${NO_NV_LD:-}" ] || export LD_LIBRARY_PATH="/tmp/gb_site/nvidia/cu13/lib${BASE_LD:+:$BASE_LD}"
 }
 
 nv_ld_breaks_aoti() {  # step 1's probe: the package loaded in a clean environment but not in the step's
@@ -112,6 +114,9 @@ case "$STEP" in
     part 330 python3 scripts/gpu_aoti_probe.py run --out "$OUT/gpu_aoti_probe.json" --best "$AOTI" --budget 310 \
       2>&1 | tee "$OUT/gpu_aoti_probe.log"
     wait "$TESTS"; tail -15 "$OUT/gpu_tests_preprocess.log"
+    if nv_ld_breaks_aoti; then
+      NO_NV_LD=1; site; echo "the AOTInductor package loaded only without nvImageCodec's libraries on LD_LIBRARY_PATH: left off"
+    fi
     part 110 python3 scripts/gpu_serving_bench.py decode --model --aoti "$AOTI" --seconds 2 \
       --out "$OUT/gpu_serving_decode.json" 2>&1 | tee "$OUT/gpu_serving_decode.log"
     if [ -f "$AOTI" ]; then

@@ -1,5 +1,6 @@
 """A multi-image request over a real TorchServe with a GPU worker and the GPU decode (scripts/gpu_serving_bench.sh
-step 3 runs it once TorchServe and Java are installed there; skipped without CUDA, TorchServe or Java).
+step 2 runs it after the served benchmark, once TorchServe and Java are unpacked there; skipped without CUDA,
+TorchServe or Java).
 
 One JSON request of five images, the third a truncated JPEG: the answer lists five results in order, the bad
 one a 400 with the CPU path's reason, the others the same detections as the in-process Detector with the

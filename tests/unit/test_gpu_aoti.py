@@ -85,3 +85,35 @@ def test_smoke_load_reports_a_failed_child(package):
     with pytest.raises(ExportError, match=r"failed to load and run in a fresh process \(exit code 1\)") as e:
         smoke_load(path, torch.float32, timeout=120)
     assert "AssertionError: Torch not compiled with CUDA enabled" in str(e.value)  # the child's last line
+
+
+def test_fixed_batch_package_is_padded_to_its_batch(tmp_path):
+    """A package compiled for exactly 4 images (scripts/gpu_aoti_probe.py's static variant): the backend pads a
+    shorter chunk to 4 and drops the padding's rows, and splits a longer batch; the eager module is the oracle."""
+    from polydet.backends.base import META_KEY
+    from polydet.export.aoti import CHANNELS_LAST_KEY, FIXED_BATCH_KEY, MAX_BATCH_KEY, compile_package
+
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 11, 3, stride=4, padding=1), torch.nn.Flatten(2)).eval()
+    model = torch.nn.Sequential(conv, _Transpose()).eval()  # (B, 3, 32, 32) -> (B, 64, 11)
+    meta = {META_KEY: ModelInfo(imgsz=32).to_json(), CHANNELS_LAST_KEY: "false", MAX_BATCH_KEY: "4",
+            FIXED_BATCH_KEY: "true"}
+    path = compile_package(model, torch.zeros(4, 3, 32, 32), tmp_path / "fixed.pt2", meta, max_batch=None)
+    b = load_backend(path, device="cpu")
+    assert b.fixed and b.chunk == 4
+    compiled, calls = b.model, []
+    b.model = lambda t: (calls.append(tuple(t.shape)), compiled(t))[1]  # what the compiled model is handed
+    for n, handed in ((3, [(4, 3, 32, 32)]), (6, [(4, 3, 32, 32)] * 2)):
+        calls.clear()
+        x = torch.rand(n, 3, 32, 32)
+        with torch.inference_mode():
+            ref = model(x)
+        out = b(x)
+        assert calls == handed
+        assert out.shape == (n, 64, 11)
+        assert float((out - ref).abs().max()) <= 1e-4
+
+
+class _Transpose(torch.nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2)
