@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quant_bench import parity  # noqa: E402
+
+from polydet.bench.common import run_and_report
 
 VARIANTS = {  # name -> (format, export keyword arguments)
     "ONNX Runtime fp32": ("onnx", {}),
@@ -71,14 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-val", type=int, default=300)
     p.add_argument("--n-calib", type=int, default=64)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/rknn_sim"))
-    args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(args, Path(tmp))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.with_suffix(".md").write_text(table(result))
-    print(table(result))
-    return 0
+    return run_and_report(p.parse_args(argv), run, table)
 
 
 if __name__ == "__main__":

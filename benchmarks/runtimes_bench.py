@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quant_bench import parity, table  # noqa: E402
+
+from polydet.bench.common import run_and_report
 
 # name -> (format, export keyword arguments); what each needs installed is its backend's manifest
 VARIANTS = {
@@ -109,14 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes"))
-    args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(args, Path(tmp))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.with_suffix(".md").write_text(table(result))
-    print(table(result))
-    return 0
+    return run_and_report(p.parse_args(argv), run, table)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,22 @@ def test_sample_jpegs_sizes():
     assert jpegs == common.sample_jpegs(4, sizes=(320, 640))  # reproducible
 
 
+def test_run_and_report_runs_in_a_temporary_folder_and_writes_json_and_markdown(tmp_path, capsys):
+    seen = []
+
+    def run(args, workdir):
+        seen.append(workdir)
+        assert workdir.is_dir() and list(workdir.iterdir()) == []
+        return {"n": args.n, "rows": {"a": 1.5}}
+
+    args = type("Args", (), {"n": 3, "out": tmp_path / "deep" / "r"})()
+    assert common.run_and_report(args, run, lambda res: f"| n | {res['n']} |\n") == 0
+    assert not seen[0].exists()  # removed once run returns
+    assert json.loads((tmp_path / "deep" / "r.json").read_text()) == {"n": 3, "rows": {"a": 1.5}}
+    assert (tmp_path / "deep" / "r.md").read_text() == "| n | 3 |\n"
+    assert capsys.readouterr().out == "| n | 3 |\n\n"
+
+
 def test_bench_pipeline_rows(tmp_path):
     from polydet.bench import pipeline
 

@@ -125,6 +125,21 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
+def run_and_report(args, run, table) -> int:
+    """A benchmark's main once its arguments are parsed: ``run(args, workdir)`` in a temporary folder, then
+    <args.out>.json (the result) and <args.out>.md (``table(result)``, printed too)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(args, Path(tmp))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+    return 0
+
+
 # -- closed-loop clients of a served model (compare, tuning, GPU scripts) ------------------------------
 def multipart_body(images: list[bytes]) -> tuple[bytes, str]:
     """A multipart/form-data body with one file per image (fields image0, image1, ...) and its Content-Type."""
