@@ -9,9 +9,10 @@ its own process, and loads and runs each in a fresh process, so that one crash c
   is this torch/driver/toolchain, not our model or metadata;
 - the polydet model: fp16 channels-last dynamic batch with the metadata (what ``polydet export`` writes),
   fp32, fp16 without polydet's metadata, fp16 at a fixed batch of 64;
-- the shipped one loaded twice more: through ``polydet.backends`` (numba, scipy imported) with the caller's
-  environment (step 1 puts nvImageCodec's libraries on LD_LIBRARY_PATH), and after torchvision's nvJPEG decode
-  in the same process (as in the pytest process that crashed), next to the clean load every variant gets.
+- the shipped one loaded three times more, side by side: with ``device_index=-1`` (what the backend passed
+  when it crashed; every other load names the current device), through ``polydet.backends`` (numba, scipy
+  imported) with the caller's environment (step 1 puts nvImageCodec's libraries on LD_LIBRARY_PATH), and after
+  torchvision's nvJPEG decode in the same process (as in the pytest process that crashed).
 
 A load that dies from a signal prints its native stack (a SIGSEGV handler compiled here with the system C
 compiler and installed in the child through ctypes, chained before faulthandler's Python stack), and the
@@ -161,7 +162,8 @@ def load_variant(name: str, pkg: Path, weights: str, via: str) -> None:
     else:
         from torch._inductor import aoti_load_package
 
-        model = aoti_load_package(str(pkg), device_index=torch.cuda.current_device() if device == "cuda" else -1)
+        index = torch.cuda.current_device() if device == "cuda" and via != "default-index" else -1
+        model = aoti_load_package(str(pkg), device_index=index)  # -1: what the backend passed until now
     print("stage: constructed", flush=True)
     size = 224 if kind == "polydet" else 64
     fmt = torch.channels_last if cl else torch.contiguous_format
@@ -260,16 +262,23 @@ def run_variant(name: str, args, env: dict, lib: str | None, deadline: float, ro
         return
     lenv = {**clean_env(env), **({"POLYDET_SEGV_LIB": lib} if lib else {})}
     step_env = {**env, **({"POLYDET_SEGV_LIB": lib} if lib else {})}
-    loads = [("torch", lenv)] + ([("backend", step_env), ("after-gpu-decode", lenv)] if name == SHIPPED else [])
-    for via, e in loads:
-        r = child(["load", name, str(pkg), "--via", via, "--weights", args.weights], e,
-                  min(args.load_timeout, deadline - time.time()), d / f"load_{via}.log")
-        r["ok"] = r["rc"] == 0 and any("LOAD OK" in ln for ln in r["tail"])
-        row[f"load_{via}"] = r
-        print(f"{name}: load via {via}: {'OK' if r['ok'] else 'FAILED'} (rc {r['rc']}, {r['s']} s, last: "
-              f"{r['last_stage']})", flush=True)
-        for ln in r["native_stack"][:24]:
-            print("   ", ln, flush=True)
+    loads = [("torch", lenv)] + ([("default-index", lenv), ("backend", step_env), ("after-gpu-decode", lenv)]
+                                 if name == SHIPPED else [])
+    threads = [threading.Thread(target=load_once, args=(name, pkg, via, e, args, deadline, row), daemon=True)
+               for via, e in loads]  # side by side: each its own process, the GPU takes them all
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def load_once(name: str, pkg: Path, via: str, env: dict, args, deadline: float, row: dict) -> None:
+    r = child(["load", name, str(pkg), "--via", via, "--weights", args.weights], env,
+              min(args.load_timeout, deadline - time.time()), pkg.parent / f"load_{via}.log")
+    r["ok"] = r["rc"] == 0 and any("LOAD OK" in ln for ln in r["tail"])
+    row[f"load_{via}"] = r
+    print(f"{name}: load via {via}: {'OK' if r['ok'] else 'FAILED'} (rc {r['rc']}, {r['s']} s, last: "
+          f"{r['last_stage']})" + "".join(f"\n    {ln}" for ln in r["native_stack"][:24]), flush=True)
 
 
 def linking(pkg: Path) -> dict:
@@ -337,15 +346,15 @@ def pick_best(rows: dict, best: Path) -> str | None:
 
 
 def summary(report: dict) -> str:
-    lines = ["", "variant | compile | load (clean env) | load via backend (caller's env) | load after a GPU decode"]
+    lines = ["", "variant | compile | load (clean env) | device_index -1 | via backend (caller's env) | after a GPU decode"]
     for name in report["names"]:
         r = report["variants"].get(name)
         if r is None:
             lines.append(f"{name} | not run (time)")
             continue
         c = r["compile"]
-        lines.append(f"{name} | rc {c['rc']}, {c['s']} s | {_cell(r, 'load_torch')} | {_cell(r, 'load_backend')} | "
-                     f"{_cell(r, 'load_after-gpu-decode')}")
+        cells = " | ".join(_cell(r, f"load_{v}") for v in ("torch", "default-index", "backend", "after-gpu-decode"))
+        lines.append(f"{name} | rc {c['rc']}, {c['s']} s | {cells}")
     lines.append(f"best (copied): {report['best']}")
     return "\n".join(lines)
 
@@ -353,7 +362,8 @@ def summary(report: dict) -> str:
 def _cell(row: dict, key: str) -> str:
     if key not in row:
         return "-"
-    return "OK" if row[key]["ok"] else f"rc {row[key]['rc']} at {row[key]['last_stage']}"
+    r = row[key]
+    return "OK" if r["ok"] else f"rc {r['rc']} after '{(r['last_stage'] or '')[:40]}': {(r['tail'] or [''])[-1][:90]}"
 
 
 def main(argv=None) -> int:
@@ -371,7 +381,7 @@ def main(argv=None) -> int:
         s.add_argument("variant", choices=list(VARIANTS))
         s.add_argument("pkg", type=Path)
         if name == "load":
-            s.add_argument("--via", choices=["torch", "backend", "after-gpu-decode"], default="torch")
+            s.add_argument("--via", choices=["torch", "default-index", "backend", "after-gpu-decode"], default="torch")
     for s in sub.choices.values():
         s.add_argument("--weights", default=str(ROOT / "weights/polydet_main_area.pt"))
     args = p.parse_args(argv)
