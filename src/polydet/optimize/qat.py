@@ -314,12 +314,10 @@ def qat(weights: str, out: Path | None = None, cfg: QatConfig = QatConfig(), img
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from .quantize import model_parser
+
     d = QatConfig()
-    p = argparse.ArgumentParser(prog="polydet qat", description=__doc__.splitlines()[0])
-    p.add_argument("--weights", required=True, help="checkpoint, seed state_dict, or random[:cfg]")
-    p.add_argument("--out", type=Path, help="QDQ ONNX (default <stem>_<imgsz>_qat.onnx)")
-    p.add_argument("--imgsz", type=int, help="square input size (default: the checkpoint's)")
-    p.add_argument("--cfg", help="model yaml for a seed state_dict")
+    p = model_parser("polydet qat", __doc__.splitlines()[0], "QDQ ONNX (default <stem>_<imgsz>_qat.onnx)")
     for flag, field, kind, help_ in (("--steps", "steps", int, "fine-tuning steps"), ("--batch", "batch", int, "images per step"),
                                      ("--lr", "lr", float, "SGD learning rate"),
                                      ("--observe-batches", "observe_batches", int, "batches setting the first ranges"),
@@ -328,8 +326,6 @@ def make_parser() -> argparse.ArgumentParser:
                                      ("--device", "device", str, "fine-tune on this device"),
                                      ("--time-budget", "time_budget_s", float, "stop training after this many seconds")):
         p.add_argument(flag, dest=field, type=kind, default=getattr(d, field), help=f"{help_} (default %(default)s)")
-    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
-                   help="7-bit weights: auto = on unless the CPU has VNNI")
     p.add_argument("--graph", choices=GRAPHS, default=d.graph, help="qat: the trained Q/DQ pairs; ort: the trained "
                    "weights through ONNX Runtime's quantizer with PTQ's defaults (PTQ's graph) (default %(default)s)")
     p.add_argument("--data", help="labelled folder: report mAP and speed against the fp32 ONNX of the same weights")
@@ -339,12 +335,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ..errors import PolydetError
+    from .quantize import REDUCE_RANGE
 
     args = make_parser().parse_args(argv)
     fields = {f.name for f in dataclasses.fields(QatConfig)} - {"reduce_range", "momentum"}
     try:
         cfg = QatConfig(**{k: getattr(args, k) for k in fields},
-                        reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range])
+                        reduce_range=REDUCE_RANGE[args.reduce_range])
         out, run = qat(args.weights, args.out, cfg, args.imgsz, args.cfg)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) after {run['steps']} steps in {run['seconds']} s")
         for key in ("parity_fakequant", "parity_float_finetuned"):

@@ -19,12 +19,24 @@ from ..export.int8 import EXCLUDES, METHODS, SYNTH, QuantConfig
 OVER_BUDGET = 3
 
 
-def make_parser() -> argparse.ArgumentParser:
-    d = QuantConfig()
-    p = argparse.ArgumentParser(prog="polydet quantize", description=__doc__.splitlines()[0])
+REDUCE_RANGE = {"auto": None, "on": True, "off": False}  # --reduce-range -> QuantConfig/QatConfig.reduce_range
+
+
+def model_parser(prog: str, description: str, out_help: str) -> argparse.ArgumentParser:
+    """A parser with the model arguments `polydet quantize` and `polydet qat` share, and --reduce-range."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--weights", required=True, help="checkpoint, seed state_dict, or random[:cfg]")
     p.add_argument("--imgsz", type=int, help="square input size (default: the checkpoint's)")
-    p.add_argument("--out", type=Path, help="INT8 artifact (default <stem>_<imgsz>_int8.onnx)")
+    p.add_argument("--out", type=Path, help=out_help)
+    p.add_argument("--cfg", help="model yaml for a seed state_dict")
+    p.add_argument("--reduce-range", choices=tuple(REDUCE_RANGE), default="auto",
+                   help="7-bit weights: auto = on unless the CPU has VNNI (U8S8 saturation otherwise)")
+    return p
+
+
+def make_parser() -> argparse.ArgumentParser:
+    d = QuantConfig()
+    p = model_parser("polydet quantize", __doc__.splitlines()[0], "INT8 artifact (default <stem>_<imgsz>_int8.onnx)")
     p.add_argument("--calib", default=SYNTH, help="calibration image folder, or 'synth' (default: synthetic "
                    f"scenes, seed {d.calib_seed}, never a validation or training seed)")
     p.add_argument("--n-calib", type=int, default=d.n_calib, help="calibration images (default %(default)s)")
@@ -32,8 +44,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", choices=EXCLUDES, default=d.exclude,
                    help="kept in float: the detection head (default), its decode only, or nothing")
     p.add_argument("--keep-float", default="", help="comma-separated node names also kept in float")
-    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
-                   help="7-bit weights: auto = on unless the CPU has VNNI (U8S8 saturation otherwise)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default per channel)")
     p.add_argument("--scales", help='custom scales: JSON {tensor: {"min": a, "max": b} | {"scale": s, "zero_point": z}}')
     p.add_argument("--data", help="labelled folder (NAME.jpg + NAME.txt): write the accuracy and speed report")
@@ -42,14 +52,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="threads for the speed comparison (default 1)")
     p.add_argument("--no-speed", action="store_true", help="accuracy only")
     p.add_argument("--report", type=Path, help="also write the report as JSON here")
-    p.add_argument("--cfg", help="model yaml for a seed state_dict")
     return p
 
 
 def config_from_args(args) -> QuantConfig:
-    rr = {"auto": None, "on": True, "off": False}[args.reduce_range]
     return QuantConfig(calib=args.calib, n_calib=args.n_calib, method=args.method, per_channel=not args.per_tensor,
-                       reduce_range=rr, exclude=args.exclude, scales=args.scales,
+                       reduce_range=REDUCE_RANGE[args.reduce_range], exclude=args.exclude, scales=args.scales,
                        extra_exclude=tuple(filter(None, args.keep_float.split(","))))
 
 
