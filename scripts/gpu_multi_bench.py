@@ -24,7 +24,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT / "src"), str(HERE)]
+sys.path[:0] = [str(ROOT / "src"), str(HERE)]  # polydet from src: the device has no install
+
+from polydet.bench.serve import Sampler
 
 # the per-device figures of a row: metric -> column (gauges averaged over the row's samples)
 STAGES = {"PolydetPreprocessMs": "decode_ms", "PolydetInferenceMs": "model_ms", "PolydetPostprocessMs": "nms_ms",
@@ -149,36 +151,18 @@ def rows_table(rows: list[dict]) -> str:
 
 
 # -- on the device ----------------------------------------------------------------------------------------
-class DeviceProbe:
-    """Samples /metrics every ``period`` s over a measurement window; ``result(seconds)`` -> device_summary."""
+class DeviceProbe(Sampler):
+    """Samples /metrics every ``period`` s over a measurement window: ``first``, ``pages`` and ``last`` (parsed
+    pages) for device_summary."""
 
     def __init__(self, metrics_url: str, period: float = 1.0):
-        self.url, self.period, self.pages = metrics_url, period, []
+        super().__init__(self.scrape, period)
+        self.url = metrics_url
 
     def scrape(self):
         import requests
 
         return parse_metrics(requests.get(f"{self.url}/metrics", timeout=10).text)
-
-    def __enter__(self):
-        self.first, self._stop = self.scrape(), threading.Event()
-
-        def sample():
-            while not self._stop.wait(self.period):
-                try:
-                    self.pages.append(self.scrape())
-                except Exception:  # noqa: BLE001 - a missed sample only widens the average
-                    pass
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.last = self.scrape()
-        return False
 
 
 def build_store(work: Path, weights: str, base) -> Path:

@@ -155,6 +155,51 @@ def test_bench_reads_each_device_from_metrics(bench):
     assert row["gpu_mem_mb"] == "- - -"
 
 
+def test_the_device_probe_scrapes_a_real_metrics_endpoint_before_during_and_after(bench):
+    """Over HTTP on 127.0.0.1: the first page on entering, one per period inside (a failed scrape skipped),
+    the last on leaving; the counter's growth over the window is the img/s."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = []
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            served.append(self.path)
+            n = len(served)
+            if n == 2:  # the first sample inside the window fails (no answer): skipped, not fatal
+                self.close_connection = True
+                return
+            body = page({"cuda:0": 10.0 * n}, {("PolydetInferenceMs", "cuda:0"): float(n)}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with bench.DeviceProbe(f"http://127.0.0.1:{httpd.server_address[1]}", period=0.05) as dev:
+            deadline = time.monotonic() + 10  # a sampler that died would never reach 5
+            while len(served) < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert set(served) == {"/metrics"}
+    n = len(served)
+    assert n >= 5
+    assert len(dev.pages) == n - 3  # all but the first, the failed one and the last
+    assert bench.by_device(dev.first, "PolydetImages") == {"cuda:0": 10.0}
+    assert bench.by_device(dev.last, "PolydetImages") == {"cuda:0": 10.0 * n}
+    got = bench.device_summary(dev.pages, dev.first, dev.last, seconds=2.0)
+    assert got == {"cuda:0": {"img_per_s": 10.0 * (n - 1) / 2.0, "model_ms": sum(range(3, n)) / (n - 3)}}
+
+
 def test_bench_speedup_targets_and_table(bench):
     rows = bench.with_speedup([{"gpus": 1, "img_per_s": 1000.0, "p99_ms": 40.0},
                                {"gpus": 2, "img_per_s": 1850.0, "p99_ms": 60.0},

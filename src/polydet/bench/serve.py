@@ -249,7 +249,37 @@ def scrape(metrics_url: str) -> dict[str, float]:
     return out
 
 
-class ServerProbe:
+class Sampler:
+    """``fetch()`` once on entering (``first``), every ``period`` s from a thread while inside (``pages``; a
+    failed call is skipped) and once on leaving (``last``): the window of a measurement."""
+
+    def __init__(self, fetch, period: float = 1.0):
+        self.fetch, self.period, self.pages = fetch, period, []
+
+    def __enter__(self):
+        import threading
+
+        self.first, self._stop = self.fetch(), threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.period):
+                try:
+                    self.pages.append(self.fetch())
+                except Exception:  # noqa: BLE001 - a missed sample only widens the average
+                    pass
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.last = self.fetch()
+        return False
+
+
+class ServerProbe(Sampler):
     """Where a served run's time and CPU go, over one measurement window.
 
     Counters (per-request means: frontend latency, queue time) come from the difference of two scrapes;
@@ -261,43 +291,30 @@ class ServerProbe:
     def __init__(self, ts, period: float = 1.0):
         import psutil
 
-        self.ts, self.period = ts, period
+        super().__init__(lambda: scrape(ts.metrics_url), period)
+        self.ts = ts
         self.java = psutil.Process(ts.pid)
         self.me = psutil.Process()
-        self._samples: list[dict] = []
 
     def _cpu(self):
         w = sum(sum(c.cpu_times()[:2]) for c in self.java.children(recursive=True))
         return {"frontend": sum(self.java.cpu_times()[:2]), "workers": w, "client": sum(self.me.cpu_times()[:2])}
 
     def __enter__(self):
-        import threading
-
-        self._c0, self._cpu0 = scrape(self.ts.metrics_url), self._cpu()
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.wait(self.period):
-                try:
-                    self._samples.append(scrape(self.ts.metrics_url))
-                except Exception:  # noqa: BLE001 - a missed sample only widens the average
-                    pass
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
+        super().__enter__()
+        self._cpu0 = self._cpu()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        c1, cpu1 = scrape(self.ts.metrics_url), self._cpu()
-        d = {k: c1.get(k, 0.0) - self._c0.get(k, 0.0) for k in COUNTERS}
+        super().__exit__(*exc)
+        c1, cpu1 = self.last, self._cpu()
+        d = {k: c1.get(k, 0.0) - self.first.get(k, 0.0) for k in COUNTERS}
         n = max(d["ts_inference_requests_total"], 1.0)
         self.result = {"served_requests": int(d["ts_inference_requests_total"]),
                        "frontend_latency_ms": d["ts_inference_latency_microseconds"] / n / 1e3,
                        "queue_ms": d["ts_queue_latency_microseconds"] / n / 1e3}
         for g in GAUGES:
-            vals = [s[g] for s in self._samples if g in s]
+            vals = [s[g] for s in self.pages if g in s]
             self.result[f"{g}_avg"] = sum(vals) / len(vals) if vals else float("nan")
         for k in cpu1:
             self.result[f"cpu_{k}_ms_per_req"] = (cpu1[k] - self._cpu0[k]) * 1e3 / n
