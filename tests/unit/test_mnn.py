@@ -9,16 +9,17 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 pytest.importorskip("MNN", reason="MNN is not installed (pip install 'polydet[mnn]')")
+
+from artifact_helpers import assert_detects_like
 
 from polydet.backends import load_backend  # noqa: E402
 from polydet.errors import ConfigError, ModelLoadError  # noqa: E402
 from polydet.export import export  # noqa: E402
 from polydet.meta import ModelInfo  # noqa: E402
-from polydet.pipeline import DetectOptions, Detector  # noqa: E402
+from polydet.pipeline import DetectOptions  # noqa: E402
 
 IMGSZ = 128
 OPTS = DetectOptions(conf=0.0003, max_det=20)
@@ -58,15 +59,7 @@ def test_export_writes_the_model_and_its_metadata(artifacts):
 
 
 def test_the_same_detections_as_onnx_runtime_on_mixed_sizes(artifacts):
-    rng = np.random.default_rng(0)
-    imgs = [rng.integers(0, 255, s, dtype=np.uint8) for s in ((300, 500, 3), (640, 200, 3), (128, 128, 3))]
-    got = [r.to_dict() for r in Detector.from_artifact(artifacts["mnn"][0], options=OPTS).detect(imgs)]
-    want = [r.to_dict() for r in Detector.from_artifact(artifacts["onnx"][0], options=OPTS).detect(imgs)]
-    assert sum(len(w["detections"]) for w in want) > 0
-    for a, b in zip(got, want):
-        assert [d["class_id"] for d in a["detections"]] == [d["class_id"] for d in b["detections"]]
-        np.testing.assert_allclose([d["polygon"] for d in a["detections"]], [d["polygon"] for d in b["detections"]],
-                                   atol=0.05)
+    assert_detects_like(artifacts["mnn"][0], artifacts["onnx"][0], OPTS, px=0.05)
 
 
 def test_fp16_is_refused_and_a_model_without_metadata_too(artifacts, tmp_path):

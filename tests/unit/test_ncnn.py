@@ -6,18 +6,19 @@ from __future__ import annotations
 import contextlib
 import io
 
-import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("ncnn", reason="ncnn is not installed (pip install 'polydet[ncnn]')")
 pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'polydet[ncnn]')")
 
+from artifact_helpers import assert_detects_like
+
 from polydet.backends import load_backend  # noqa: E402
 from polydet.errors import ModelLoadError  # noqa: E402
 from polydet.export import export  # noqa: E402
 from polydet.meta import ModelInfo, Precision  # noqa: E402
-from polydet.pipeline import DetectOptions, Detector  # noqa: E402
+from polydet.pipeline import DetectOptions  # noqa: E402
 
 IMGSZ = 128
 OPTS = DetectOptions(conf=0.0003, max_det=20)  # random weights: obj prior ~1e-3
@@ -52,17 +53,7 @@ def test_fp16_weights(artifacts):
 
 
 def test_the_same_detections_as_onnx_runtime_on_mixed_sizes(artifacts):
-    rng = np.random.default_rng(0)
-    imgs = [rng.integers(0, 255, s, dtype=np.uint8) for s in ((300, 500, 3), (640, 200, 3), (128, 128, 3))]
-    got = [r.to_dict() for r in Detector.from_artifact(artifacts["ncnn"][0], options=OPTS).detect(imgs)]
-    want = [r.to_dict() for r in Detector.from_artifact(artifacts["onnx"][0], options=OPTS).detect(imgs)]
-    assert sum(len(w["detections"]) for w in want) > 0
-    for a, b in zip(got, want):
-        assert [d["class_id"] for d in a["detections"]] == [d["class_id"] for d in b["detections"]]
-        np.testing.assert_allclose([d["polygon"] for d in a["detections"]], [d["polygon"] for d in b["detections"]],
-                                   atol=0.05)
-        np.testing.assert_allclose([d["score"] for d in a["detections"]], [d["score"] for d in b["detections"]],
-                                   atol=1e-4)
+    assert_detects_like(artifacts["ncnn"][0], artifacts["onnx"][0], OPTS, px=0.05, score=1e-4)
 
 
 def test_an_input_array_reused_and_overwritten_gives_each_its_own_answer(artifacts):
