@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from artifact_helpers import tuple_torchscript
 
 from polydet.backends import backend_class, load_backend, suffixes
 from polydet.errors import ConfigError, ExportError, MissingDependencyError, ModelLoadError
@@ -65,19 +66,9 @@ def test_export_parity_check_fails_on_a_wrong_artifact(artifacts, tmp_path, monk
 
 
 def test_tuple_output_models_are_accepted(tmp_path, artifacts):
-    class Wrapped(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            y = self.m(x)
-            return y, [y[:, :10]]  # like YOLOv5's (pred, train_out) exports
-
     eager, info = load_model(artifacts["ckpt"])
-    ts = torch.jit.trace(Wrapped(eager.fuse()), torch.zeros(1, 3, 224, 224), strict=False)
-    path = tmp_path / "tuple.torchscript"
-    ts.save(str(path), _extra_files={"polydet": info.to_json()})
+    path = tuple_torchscript(eager.fuse(), info, tmp_path / "tuple.torchscript",
+                             extra=lambda y: [y[:, :10]])  # like YOLOv5's (pred, train_out) exports
     out = load_backend(path)(torch.rand(1, 3, 224, 224))
     assert out.shape == (1, 3087, 11)
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import warnings
 
-import numpy as np
 import pytest
 import torch
+from artifact_helpers import assert_same_detections, mixed_images, seed_onnx
+from artifact_helpers import tuple_torchscript as tuple_torchscript_of
 
 from polydet.backends import load_backend
 from polydet.backends.base import META_KEY
@@ -22,9 +23,7 @@ OPTS = DetectOptions(conf=0.0003, max_det=20)  # random weights: obj prior ~1e-3
 
 
 def images():
-    rng = np.random.default_rng(1)
-    return [rng.integers(0, 255, shape, dtype=np.uint8) for shape in
-            ((300, 500, 3), (640, 200, 3), (224, 224, 3), (50, 90, 3), (400, 400, 3))]
+    return mixed_images(seed=1, shapes=((300, 500, 3), (640, 200, 3), (224, 224, 3), (50, 90, 3), (400, 400, 3)))
 
 
 def contract(batch):
@@ -42,34 +41,14 @@ def eager(artifacts):
 @pytest.fixture(scope="module")
 def static_onnx(eager, tmp_path_factory):
     """Exported as the seed's export.py does it: fixed (1, 3, 224, 224) input, no polydet metadata."""
-    model, _ = eager
-    path = tmp_path_factory.mktemp("fixed") / "seed_b1.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(path), opset_version=17,
-                          input_names=["images"], output_names=["output"], dynamo=False)
-    return path
-
-
-class TupleOut(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        out = self.model(x)
-        return out, out[..., :8].sum(-1)  # a second output the pipeline must ignore
+    return seed_onnx(eager[0], tmp_path_factory.mktemp("fixed") / "seed_b1.onnx", 224)
 
 
 @pytest.fixture(scope="module")
 def tuple_torchscript(eager, tmp_path_factory):
-    model, info = eager
-    path = tmp_path_factory.mktemp("tuple") / "tuple_out.torchscript"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ts = torch.jit.trace(TupleOut(model), torch.zeros(1, 3, 224, 224), strict=False)
-    ts.save(str(path), _extra_files={META_KEY: info.to_json()})
-    return path
+    model, info = eager  # a second output the pipeline must ignore
+    return tuple_torchscript_of(model, info, tmp_path_factory.mktemp("tuple") / "tuple_out.torchscript",
+                                extra=lambda out: out[..., :8].sum(-1))
 
 
 def test_a_static_batch_one_onnx_reports_its_capacity_and_runs_any_batch(static_onnx, artifacts):
@@ -92,22 +71,15 @@ def test_user_artifacts_serve_batches_of_mixed_sizes_like_the_eager_model(kind, 
     want = contract(Detector.from_artifact(artifacts["ckpt"], options=OPTS).detect(images()))
     got = det.detect(images())
     assert all(isinstance(r, Detections) for r in got) and sum(len(r) for r in got) > 0
-    for a, b in zip(contract(got), want):
-        assert (a["width"], a["height"]) == (b["width"], b["height"])
-        assert [d["class_id"] for d in a["detections"]] == [d["class_id"] for d in b["detections"]]
-        np.testing.assert_allclose([d["polygon"] for d in a["detections"]],
-                                   [d["polygon"] for d in b["detections"]], atol=0.05)
-        np.testing.assert_allclose([d["score"] for d in a["detections"]],
-                                   [d["score"] for d in b["detections"]], atol=1e-3)
+    assert [(a["width"], a["height"]) for a in contract(got)] == [(b["width"], b["height"]) for b in want]
+    assert_same_detections(contract(got), want, px=0.05, score=1e-3)
 
 
 def test_a_fixed_batch_larger_than_the_input_is_padded(eager, tmp_path):
     model, info = eager
-    path = tmp_path / "b4.onnx"
+    path = seed_onnx(model, tmp_path / "b4.onnx", 224, batch=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(4, 3, 224, 224),), str(path), opset_version=17,
-                          input_names=["images"], output_names=["output"], dynamo=False)
         backend = load_backend(path)
     assert backend.max_batch == 4
     x = torch.rand(6, 3, 224, 224)
