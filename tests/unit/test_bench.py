@@ -184,47 +184,30 @@ class _StubTorchServe(BaseHTTPRequestHandler):
         pass
 
 
-class _StubMetrics(BaseHTTPRequestHandler):
-    """GET /metrics like TorchServe's Prometheus page; its n-th answer: 4(n-1) requests that took 2 ms each in
-    the frontend and 0.1 ms in the queue, HandlerTime n on each of two label sets. ``served``: set by the test."""
-
-    def do_GET(self):
-        self.served.append(self.path)
-        n = len(self.served)
-        data = (f"# TYPE ts_inference_requests_total counter\n"
-                f'ts_inference_requests_total{{model_name="polydet",model_version="default",hostname="h",}} {4 * (n - 1)}\n'
-                f'ts_inference_latency_microseconds{{model_name="polydet",hostname="h",}} {8000.0 * (n - 1)}\n'
-                f'ts_queue_latency_microseconds{{model_name="polydet",hostname="h",}} {400.0 * (n - 1)}\n'
-                f'HandlerTime{{Level="Model",ModelName="polydet",}} {float(n)}\n'
-                f'HandlerTime{{Level="Host",ModelName="polydet",}} {float(n)}\n').encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def _torchserve_metrics(n: int) -> str:
+    """TorchServe's /metrics at its n-th scrape: 4(n-1) requests that took 2 ms each in the frontend and 0.1 ms
+    in the queue, HandlerTime n on each of two label sets."""
+    return (f"# TYPE ts_inference_requests_total counter\n"
+            f'ts_inference_requests_total{{model_name="polydet",model_version="default",hostname="h",}} {4 * (n - 1)}\n'
+            f'ts_inference_latency_microseconds{{model_name="polydet",hostname="h",}} {8000.0 * (n - 1)}\n'
+            f'ts_queue_latency_microseconds{{model_name="polydet",hostname="h",}} {400.0 * (n - 1)}\n'
+            f'HandlerTime{{Level="Model",ModelName="polydet",}} {float(n)}\n'
+            f'HandlerTime{{Level="Host",ModelName="polydet",}} {float(n)}\n')
 
 
 def test_server_probe_diffs_counters_and_averages_sampled_gauges_over_its_window():
     import os
 
+    from metrics_stub import metrics_endpoint, wait_for_scrapes
+
     from polydet.bench.serve import ServerProbe
 
-    _StubMetrics.served = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _StubMetrics)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    ts = type("TS", (), {"pid": os.getpid(), "metrics_url": f"http://127.0.0.1:{httpd.server_address[1]}"})()
-    try:
+    with metrics_endpoint(_torchserve_metrics) as (url, served):
+        ts = type("TS", (), {"pid": os.getpid(), "metrics_url": url})()  # this process stands in for the JVM's CPU
         with ServerProbe(ts, period=0.05) as probe:
-            deadline = time.monotonic() + 10
-            while len(_StubMetrics.served) < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    n = len(_StubMetrics.served)  # the first on entering, n - 2 samples, the last on leaving
-    assert n >= 5 and set(_StubMetrics.served) == {"/metrics"}
+            wait_for_scrapes(served, 5)
+    n = len(served)  # the first on entering, n - 2 samples, the last on leaving
+    assert n >= 5 and set(served) == {"/metrics"}
     r = probe.result
     assert r["served_requests"] == 4 * (n - 1)
     assert r["frontend_latency_ms"] == pytest.approx(2.0) and r["queue_ms"] == pytest.approx(0.1)

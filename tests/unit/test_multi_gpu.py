@@ -158,38 +158,13 @@ def test_bench_reads_each_device_from_metrics(bench):
 def test_the_device_probe_scrapes_a_real_metrics_endpoint_before_during_and_after(bench):
     """Over HTTP on 127.0.0.1: the first page on entering, one per period inside (a failed scrape skipped),
     the last on leaving; the counter's growth over the window is the img/s."""
-    import threading
-    import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from metrics_stub import metrics_endpoint, wait_for_scrapes
 
-    served = []
+    def answer(n):  # the first sample inside the window fails (no answer): skipped, not fatal
+        return None if n == 2 else page({"cuda:0": 10.0 * n}, {("PolydetInferenceMs", "cuda:0"): float(n)})
 
-    class Metrics(BaseHTTPRequestHandler):
-        def do_GET(self):
-            served.append(self.path)
-            n = len(served)
-            if n == 2:  # the first sample inside the window fails (no answer): skipped, not fatal
-                self.close_connection = True
-                return
-            body = page({"cuda:0": 10.0 * n}, {("PolydetInferenceMs", "cuda:0"): float(n)}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        with bench.DeviceProbe(f"http://127.0.0.1:{httpd.server_address[1]}", period=0.05) as dev:
-            deadline = time.monotonic() + 10  # a sampler that died would never reach 5
-            while len(served) < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with metrics_endpoint(answer) as (url, served), bench.DeviceProbe(url, period=0.05) as dev:
+        wait_for_scrapes(served, 5)
     assert set(served) == {"/metrics"}
     n = len(served)
     assert n >= 5
