@@ -1,14 +1,75 @@
-"""Helpers shared by the integration tests (request building, contract checks)."""
+"""Helpers shared by the integration and reliability tests (test archives, request building, contract checks)."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_WEIGHTS = REPO / "weights" / "polydet_main_area.pt"
+ARCHIVER = Path(sys.executable).with_name("torch-model-archiver")
+
+
+def build_test_store(root: Path, archive_env: dict, *archive_args: str) -> Path:
+    """archive.sh into ``root``/model_store (build files in ``root``/build) with ``archive_env`` (the test
+    archives' batching and thresholds) and ``archive_args``, then polydet_v2.mar: the same TorchScript
+    artifact as version 2.0 (for the management and register-under-traffic tests). Skips, saying why, where
+    TorchServe's prerequisites are missing."""
+    import pytest
+
+    from polydet.serving.server import missing_prerequisite
+
+    reason = missing_prerequisite()
+    if reason:
+        pytest.skip(reason)
+    store, build, tmp = root / "model_store", root / "build", root / "tmp"
+    tmp.mkdir()
+    # torch-model-archiver stages files in $TMPDIR/<model name>: a private TMPDIR keeps two test runs on one
+    # host from packing each other's files.
+    env = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp), **archive_env)
+    _run("archive.sh", ["bash", str(REPO / "archive.sh"), "--store", str(store), "--build", str(build), *archive_args],
+         env)
+    _run("torch-model-archiver", [str(ARCHIVER), "--model-name", "polydet_v2", "--version", "2.0", "--serialized-file",
+                                  str(store_artifact(store)), "--handler", str(REPO / "handlers" / "polydet_handler.py"),
+                                  "--config-file", str(build / "polydet-1.0" / "model-config.yaml"),
+                                  "--export-path", str(store)], env)
+    return store
+
+
+def _run(name: str, cmd: list[str], env: dict) -> None:
+    import pytest
+
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if r.returncode:
+        pytest.fail(f"{name} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+
+
+def store_artifact(store: Path) -> Path:
+    """The TorchScript artifact inside a build_test_store's polydet.mar (for in-process comparisons)."""
+    return next((store.parent / "build" / "polydet-1.0").glob("*.torchscript"))
+
+
+def local_detector(artifact: Path, archive_env: dict, **kw):
+    """``artifact`` run in-process with the archive's thresholds (``kw``: Detector.from_artifact's others)."""
+    from polydet.pipeline import DetectOptions, Detector
+
+    opts = DetectOptions(conf=float(archive_env["CONF"]), max_det=int(archive_env["MAX_DET"]))
+    return Detector.from_artifact(artifact, options=opts, **kw)
+
+
+def load_file(name: str, path: Path):
+    """The Python file at ``path`` imported as module ``name`` (scripts that are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def auth(key: str) -> dict:

@@ -24,7 +24,7 @@ import pytest
 import requests
 import yaml
 from conftest import ARCHIVE_ENV
-from serving_helpers import REPO, assert_same_result, auth
+from serving_helpers import REPO, assert_same_result, auth, load_file
 
 DEPLOY = REPO / "deploy"
 BATCH, WORKERS = int(ARCHIVE_ENV["BATCH_SIZE"]), int(ARCHIVE_ENV["MAX_WORKERS"])
@@ -200,12 +200,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def _dashboard():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("polydet_dashboard", DEPLOY / "grafana" / "dashboard.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file("polydet_dashboard", DEPLOY / "grafana" / "dashboard.py")
 
 
 def test_every_metric_of_the_dashboard_and_the_alerts_is_on_metrics(server, phases, prometheus):

@@ -10,27 +10,16 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 import yaml
+from artifact_helpers import seed_onnx, tuple_torchscript
 from conftest import ARCHIVE_ENV, start_server
 from serving_helpers import assert_same_result, encode, page_image, post_together
 
-from polydet.backends.base import META_KEY
 from polydet.pipeline import DetectOptions, Detector
 from polydet.serving.archive import main as archive_main
 
 OPTS = DetectOptions(conf=float(ARCHIVE_ENV["CONF"]), max_det=int(ARCHIVE_ENV["MAX_DET"]))
 SIZES = ((360, 480), (640, 200), (224, 224), (90, 160))
-
-
-class TupleOut(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        out = self.model(x)
-        return out, out[..., 8]
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +32,8 @@ def user_store(tmp_path_factory):
     bundled = assets.path(assets.WEIGHTS)
     model, info = load_or_build(str(bundled) if bundled.is_file() else "random")
     model = model.eval()
-    onnx_path, tuple_path = root / "static_b1.onnx", root / "tuple_ts.torchscript"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        x = torch.zeros(1, 3, info.imgsz, info.imgsz)
-        torch.onnx.export(model, (x,), str(onnx_path), opset_version=17, input_names=["images"],
-                          output_names=["output"], dynamo=False)
-        torch.jit.trace(TupleOut(model), x, strict=False).save(str(tuple_path),
-                                                               _extra_files={META_KEY: info.to_json()})
+    onnx_path = seed_onnx(model, root / "static_b1.onnx", info.imgsz)
+    tuple_path = tuple_torchscript(model, info, root / "tuple_ts.torchscript")
     store = root / "store"
     common = ["--store", str(store), "--build", str(root / "build"), "--conf", str(OPTS.conf),
               "--max-det", str(OPTS.max_det), "--max-batch-delay", "200", "--min-workers", "1", "--max-workers", "1"]
