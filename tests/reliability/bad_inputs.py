@@ -18,6 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from serving_helpers import page_image
 
 OCTET = {"Content-Type": "application/octet-stream"}
 MAX_PIXELS = 4_000_000  # handler.max_pixels of the test archive (archive.sh MAX_PIXELS): 2000x2000
@@ -42,15 +43,9 @@ class Case:
         return f"/predictions/{self.model}" + (f"/{self.version}" if self.version else "")
 
 
-def page(w: int = 480, h: int = 360, seed: int = 0) -> np.ndarray:
-    """An RGB page-like image: a light quad on a noisy background."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    img = rng.integers(40, 140, (h, w, 3), dtype=np.uint8)
-    quad = np.array([[0.3 * w, 0.15 * h], [0.75 * w, 0.2 * h], [0.7 * w, 0.85 * h], [0.25 * w, 0.8 * h]], np.int32)
-    cv2.fillConvexPoly(img, quad, (235, 235, 230))
-    return img
+# A light quad on a noisy background; encoded here by PIL, so read as RGB. serving_helpers is in
+# tests/integration, put on sys.path by this suite's conftest.
+page = page_image
 
 
 def pil_bytes(img, fmt: str, **kw) -> bytes:

@@ -9,8 +9,6 @@ and a second version for the register-under-traffic test.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -18,14 +16,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from serving_helpers import REPO  # noqa: E402
+from serving_helpers import build_test_store, local_detector, store_artifact  # noqa: E402
 
 from bad_inputs import MAX_PIXELS  # noqa: E402
 from reliability_helpers import start_server  # noqa: E402
-
-from polydet.serving.server import missing_prerequisite  # noqa: E402
-
-ARCHIVER = Path(sys.executable).with_name("torch-model-archiver")
 
 # One worker (archive.sh ships two; test_faults scales to two where that matters) with batchSize 4 and a
 # long maxBatchDelay: requests sent together share one batch even on a loaded 2-core machine. conf 0.001
@@ -35,41 +29,15 @@ ARCHIVE_ENV = {"MIN_WORKERS": "1", "MAX_WORKERS": "1", "BATCH_SIZE": "4", "MAX_B
                "CONF": "0.001", "MAX_DET": "20", "RESPONSE_TIMEOUT": "60", "MAX_PIXELS": str(MAX_PIXELS)}
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/reliability" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
-
-
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> Path:
     """polydet.mar (1.0, max_pixels 4 MP) and polydet_v2.mar (2.0, same artifact), built by archive.sh."""
-    reason = missing_prerequisite()
-    if reason:
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("rel_archives")
-    store, build, tmp = root / "model_store", root / "build", root / "tmp"
-    tmp.mkdir()
-    # torch-model-archiver stages files in $TMPDIR/<model name>: a private TMPDIR keeps two test runs on one
-    # host from packing each other's files.
-    env = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp), **ARCHIVE_ENV)
-    r = subprocess.run(["bash", str(REPO / "archive.sh"), "--store", str(store), "--build", str(build),
-                        "--formats", "torchscript"], env=env, capture_output=True, text=True)
-    if r.returncode:
-        pytest.fail(f"archive.sh failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    artifact = next((build / "polydet-1.0").glob("*.torchscript"))
-    r = subprocess.run([str(ARCHIVER), "--model-name", "polydet_v2", "--version", "2.0", "--serialized-file",
-                        str(artifact), "--handler", str(REPO / "handlers" / "polydet_handler.py"), "--config-file",
-                        str(build / "polydet-1.0" / "model-config.yaml"), "--export-path", str(store)],
-                       env=env, capture_output=True, text=True)
-    if r.returncode:
-        pytest.fail(f"torch-model-archiver failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return store
+    return build_test_store(tmp_path_factory.mktemp("rel_archives"), ARCHIVE_ENV, "--formats", "torchscript")
 
 
 @pytest.fixture(scope="session")
 def artifact(store) -> Path:
-    return next((store.parent / "build" / "polydet-1.0").glob("*.torchscript"))
+    return store_artifact(store)
 
 
 @pytest.fixture(scope="session")
@@ -82,10 +50,7 @@ def bundled(store) -> bool:
 @pytest.fixture(scope="session")
 def local(artifact):
     """The served artifact run in-process with the archive's thresholds: good answers must equal it."""
-    from polydet.pipeline import DetectOptions, Detector
-
-    opts = DetectOptions(conf=float(ARCHIVE_ENV["CONF"]), max_det=int(ARCHIVE_ENV["MAX_DET"]))
-    return Detector.from_artifact(artifact, options=opts, max_pixels=MAX_PIXELS)
+    return local_detector(artifact, ARCHIVE_ENV, max_pixels=MAX_PIXELS)
 
 
 @pytest.fixture(scope="module")

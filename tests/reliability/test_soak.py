@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from serving_helpers import REPO
+from serving_helpers import REPO, load_file
 
 # The Java frontend's RSS climbs for its first ~800 requests (JIT, heap sizing; measured: 262 -> 360 MiB,
 # then flat within 1 % for 2,200 more), so the baseline is taken after 1,000.
@@ -15,10 +14,7 @@ REQUESTS, WARMUP = 1500, 1000
 
 
 def _soak_module():
-    spec = importlib.util.spec_from_file_location("polydet_soak", REPO / "benchmarks" / "soak.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file("polydet_soak", REPO / "benchmarks" / "soak.py")
 
 
 def test_short_soak_keeps_memory_flat_and_answers_everything(store, tmp_path, capsys):
