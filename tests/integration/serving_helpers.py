@@ -132,19 +132,27 @@ def assert_contract(res: dict, width: int, height: int, names=("page", "photo"),
 def post_together(url: str, token: str, bodies: list[bytes], timeout: float = 120) -> list:
     """POST each body as raw bytes from its own thread, all released at once (so TorchServe can batch
     them); the responses in the bodies' order."""
+    octet = {"Content-Type": "application/octet-stream"}
+    return send_together(url, token, [{"data": b, "headers": octet} for b in bodies], timeout)
+
+
+def send_together(url: str, token: str, requests_kw: list[dict], timeout: float = 120) -> list:
+    """POST each request (requests.post's keyword arguments; its headers go with the token's) from its own
+    thread, all released at once; the responses in the requests' order."""
     import threading
 
     import requests
 
-    got: list = [None] * len(bodies)
-    barrier = threading.Barrier(len(bodies))
+    got: list = [None] * len(requests_kw)
+    barrier = threading.Barrier(len(requests_kw))
 
     def send(i):
+        kw = dict(requests_kw[i])
+        headers = {**auth(token), **kw.pop("headers", {})}
         barrier.wait()
-        got[i] = requests.post(url, data=bodies[i], timeout=timeout,
-                               headers={"Content-Type": "application/octet-stream", **auth(token)})
+        got[i] = requests.post(url, headers=headers, timeout=timeout, **kw)
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests_kw))]
     for t in threads:
         t.start()
     for t in threads:

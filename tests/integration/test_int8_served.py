@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import zipfile
 
 import numpy as np
@@ -27,6 +26,7 @@ from serving_helpers import (
     auth,
     encode,
     post_together,
+    send_together,
 )
 
 from polydet.cli import main as cli_main
@@ -159,25 +159,6 @@ def _worker(server) -> dict:
     return worker
 
 
-def _send_together(url: str, token: str, requests_kw: list[dict]) -> list:
-    """POST each request (requests' keyword arguments) from its own thread, all released at once."""
-    results: list = [None] * len(requests_kw)
-    barrier = threading.Barrier(len(requests_kw))
-
-    def send(i):
-        kw = dict(requests_kw[i])
-        headers = {**auth(token), **kw.pop("headers", {})}
-        barrier.wait()
-        results[i] = requests.post(url, headers=headers, timeout=60, **kw)
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests_kw))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
 def test_bad_inputs_get_400_each_while_their_batch_neighbours_succeed(server, local):
     """4 concurrent requests (batchSize 4, maxBatchDelay 200 ms) share one batch; only the bad ones fail."""
     good = scenes(1)[0]
@@ -188,7 +169,7 @@ def test_bad_inputs_get_400_each_while_their_batch_neighbours_succeed(server, lo
              ({"json": {"image": base64.b64encode(good).decode(), "conf": -1}}, 400)]
     before = _worker(server)
     for _ in range(3):  # on a loaded machine the 4 requests may straddle two batches: try again
-        results = _send_together(url, server.tokens.inference, [kw for kw, _ in cases])
+        results = send_together(url, server.tokens.inference, [kw for kw, _ in cases], timeout=60)
         for r, (_, code) in zip(results, cases):
             assert r.status_code == code, r.text
             if code == 200:
