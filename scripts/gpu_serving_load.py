@@ -57,17 +57,10 @@ def _caller(url, token, jpegs, model, per_request):
 
 
 def _child(url, token, threads, seconds, pool, model, per_request, ready, start, results):
-    import psutil
-
-    from polydet.bench.common import closed_loop
+    from polydet.bench.common import timed_child_loop
 
     make = _caller(url, token, [base64.b64decode(s) for s in json.loads(Path(pool).read_text())], model, per_request)
-    ready.put(1)
-    start.wait()
-    me = psutil.Process()
-    cpu0 = sum(me.cpu_times()[:2])
-    r = closed_loop(make, threads, seconds, warmup_s=2.0, keep_latencies=True)
-    results.put({**r, "cpu_s": sum(me.cpu_times()[:2]) - cpu0})
+    timed_child_loop(make, threads, seconds, ready, start, results)
 
 
 def load(ts, model, clients, seconds, per_request, procs, pool) -> dict:

@@ -228,10 +228,15 @@ def grpc_caller(target: str, token: str | None, jpegs: list[bytes], model: str =
 
 
 def _load_child(url, token, threads, seconds, sizes, model, ready, start, results):
+    jpegs = sample_jpegs(16, sizes)
+    timed_child_loop(rest_caller(url, token, jpegs, model), threads, seconds, ready, start, results)
+
+
+def timed_child_loop(make, threads, seconds, ready, start, results) -> None:
+    """The body of a run_together child: say ready, wait for the start, run closed_loop(make) with latencies,
+    and put its result with the child's own CPU seconds (user + system) on ``results``."""
     import psutil
 
-    jpegs = sample_jpegs(16, sizes)
-    make = rest_caller(url, token, jpegs, model)
     ready.put(1)
     start.wait()
     me = psutil.Process()
