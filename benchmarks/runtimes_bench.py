@@ -31,6 +31,7 @@ VARIANTS = {
     "ONNX Runtime int8 (head float)": ("onnx", {"precision": "int8", "quant": {}}),
     "OpenVINO fp32": ("openvino", {}),
     "OpenVINO fp16 weights": ("openvino", {"precision": "fp16"}),
+    "OpenVINO int8 (head float)": ("openvino", {"precision": "int8", "quant": {}}),
     "NCNN fp32": ("ncnn", {}),
     "NCNN fp16 weights": ("ncnn", {"precision": "fp16"}),
     "MNN fp32": ("mnn", {}),
@@ -60,6 +61,8 @@ def build(args, workdir: Path) -> dict:
 
     paths = {}
     for i, (name, (fmt, kw)) in enumerate(VARIANTS.items()):
+        if args.only and name != "fp32" and name not in args.only:
+            continue
         if fmt not in FORMATS or missing(fmt):
             print(f"skipped {name}: {fmt} or {', '.join(missing(fmt))} not available", flush=True)
             continue
@@ -109,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/runtimes"))
+    p.add_argument("--only", type=lambda v: [x.strip() for x in v.split(";") if x.strip()], default=[],
+                   help=f"';'-separated variant names (fp32 always runs: the reference row); known: {'; '.join(VARIANTS)}")
     return run_and_report(p.parse_args(argv), run, table)
 
 
