@@ -39,7 +39,8 @@ def fuse_preprocess(path: Path, info: ModelInfo) -> None:
 
 def drop_sigmoid(path: Path, info: ModelInfo) -> None:
     """The Sigmoid nodes that reach the output through data movement alone are bypassed."""
-    _rewrite(path, info, "drop-sigmoid", _drop, compare=lambda a, b, i: compare_graphs(a, b, i, sigmoid_b=True))
+    _rewrite(path, info, "drop-sigmoid", drop_final_sigmoids,
+             compare=lambda a, b, i: compare_graphs(a, b, i, sigmoid_b=True))
 
 
 def _fuse(m):
@@ -76,7 +77,8 @@ def _dim(d):
     return d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None)
 
 
-def _drop(m):
+def drop_final_sigmoids(m):
+    """The drop-sigmoid pass's rewrite, in place on an in-memory ONNX model (``polydet debug`` uses it too)."""
     onnx = require("onnx", "onnx", extra="onnx")
     graph = m.graph
     producer = {o: n for n in graph.node for o in n.output}

@@ -65,10 +65,10 @@ def align(path: Path, to_logits: bool = False) -> Aligned:
     skip: frozenset = frozenset()
     logits = info.logit_scores
     if to_logits and not logits:
-        from ..export.output_passes import _drop  # the drop-sigmoid pass's own rewrite
+        from ..export.output_passes import drop_final_sigmoids  # the drop-sigmoid pass's own rewrite
 
         try:
-            _drop(model)
+            drop_final_sigmoids(model)
         except ExportError:
             skip = tail_tensors(model)
         logits = True
