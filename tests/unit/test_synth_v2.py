@@ -83,6 +83,19 @@ def test_training_preset_never_reads_heldout(fake_sources):
         preset("v3")
 
 
+def test_v1_mix_override_changes_only_the_share(fake_sources):
+    from polydet.train.loader import synth_config
+    from polydet.train.trainer import config_from_args, make_parser
+
+    heavy = synth_config("train", 0.5)
+    assert heavy.v1_mix == 0.5 and PRESETS["train"].v1_mix == 0.25  # the preset itself is untouched
+    assert heavy.sources == "train" and heavy.area == PRESETS["train"].area
+    with pytest.raises(ValueError, match="within"):
+        synth_config("train", 1.5)
+    cfg = config_from_args(make_parser().parse_args(["--synth", "train", "--v1-mix", "0.4"]))
+    assert cfg.v1_mix == 0.4 and cfg.synth == "train"
+
+
 def test_occluders_hide_at_most_max_hidden():
     """Shapely is the oracle: every object stays <= 30 % covered by the objects above it plus the occluder."""
     drawn = 0

@@ -66,16 +66,21 @@ class _RunSampler(torch.utils.data.Sampler):
                 yield from (epoch * self.n_files + int(j) for j in perm[k * self.batch:(k + 1) * self.batch])
 
 
-def synth_config(name: str):
+def synth_config(name: str, v1_mix: float | None = None):
     """The generator settings a run trains on (None: the dataset's default, generator 1.0's); the held-out
-    preset is refused (it is for scoring only)."""
+    preset is refused (it is for scoring only). ``v1_mix`` overrides a 2.0 preset's share of 1.0 scenes."""
     if name == "heldout":
         raise ValueError("the heldout generator preset draws from the held-out sources: never train on it")
+    if v1_mix is not None and not 0.0 <= v1_mix <= 1.0:
+        raise ValueError(f"--v1-mix must be within [0, 1], got {v1_mix}")
     if name == "v1":
         return None
+    import dataclasses
+
     from ..data.synth2 import preset
 
-    return preset(name)
+    cfg = preset(name)
+    return cfg if v1_mix is None else dataclasses.replace(cfg, v1_mix=v1_mix)
 
 
 def make_loader(cfg: TrainConfig, start_batch: int = 0) -> tuple[torch.utils.data.DataLoader, int]:
@@ -94,7 +99,7 @@ def make_loader(cfg: TrainConfig, start_batch: int = 0) -> tuple[torch.utils.dat
         per_epoch = cfg.epoch_size // cfg.batch
         base = PolygonDataset("synth", size, augment=True, n=per_epoch * cfg.batch * cfg.epochs,
                               seed=seed_for_epoch(cfg, 0),
-                              **({"cfg": synth_config(cfg.synth)} if cfg.synth != "v1" else {}))
+                              **({"cfg": synth_config(cfg.synth, cfg.v1_mix)} if cfg.synth != "v1" else {}))
         n_files = 0
     else:
         base = PolygonDataset(cfg.data, size, augment=True, seed=seed_for_epoch(cfg, 0))

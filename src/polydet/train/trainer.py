@@ -34,6 +34,7 @@ class TrainConfig:
     model: str = "polygon_yolov5n"  # shipped cfg name or yaml path
     data: str = "synth"  # "synth" (generated on the fly in the loader workers) or a labelled directory
     synth: str = "v1"  # generator preset for data="synth": v1 (1.0) or train (2.0 on the train sources)
+    v1_mix: float | None = None  # override the preset's share of 1.0 scenes (None: the preset's own)
     val: str | None = None  # fixed labelled directory for periodic mAP (None: no validation)
     imgsz: int = 224  # square size of validation and of the saved ModelInfo (the seeds' 224)
     multiscale: tuple[int, ...] = ()  # train sizes cycled step by step (rendered at the largest); () = imgsz
@@ -337,6 +338,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=d.data, help='"synth" (on the fly) or a labelled directory')
     p.add_argument("--synth", default=d.synth, help="generator preset for synthetic data: v1 or train "
                    "(2.0, needs `polydet data sources`)")
+    p.add_argument("--v1-mix", type=float, default=None, help="share of generator-1.0 scenes in a 2.0 "
+                   "preset (default: the preset's, 0.25 for train); more keeps the 1.0 range better")
     p.add_argument("--val", default=d.val, help="labelled directory for periodic validation")
     p.add_argument("--imgsz", type=int, default=d.imgsz, help="validation size, written into the weights")
     p.add_argument("--multiscale", type=int, nargs="+", default=[], help="train sizes cycled per step")
@@ -375,7 +378,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         cfg.device = a.device or cfg.device
         return cfg
     hyp = dataclasses.replace(LossHyp(), box=a.box, obj=a.obj, cls=a.cls)
-    return TrainConfig(model=a.model, data=a.data, synth=a.synth, val=a.val, imgsz=a.imgsz, multiscale=tuple(a.multiscale), init=a.init, epochs=a.epochs,
+    return TrainConfig(model=a.model, data=a.data, synth=a.synth, v1_mix=a.v1_mix, val=a.val, imgsz=a.imgsz, multiscale=tuple(a.multiscale), init=a.init, epochs=a.epochs,
                        epoch_size=a.epoch_size, batch=a.batch, workers=a.workers, reuse=a.reuse,
                        replay_batches=a.replay_batches, optimizer=a.optimizer,
                        lr0=a.lr0, lrf=a.lrf, warmup_epochs=a.warmup_epochs, seed=a.seed, val_every=a.val_every,
