@@ -61,6 +61,23 @@ def _buildah(*args: str, check: bool = True, timeout: float = 120) -> str:
     return r.stdout.strip()
 
 
+# buildah's chroot runner re-executes itself from a sealed memfd copy; sealing fails with EBUSY now and then
+# while another process briefly maps the copy (seen once in CI). It happens before the command starts,
+# so a retry is safe; any other failure is the command's own and is reported as it is.
+MEMFD_RACE = "sealing memfd copy"
+
+
+def _run_in(name: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``buildah run`` of cmd in container name, retried (3 tries) only on buildah's memfd race."""
+    for attempt in range(3):
+        r = subprocess.run(["buildah", "run", "--isolation", "chroot", name, "--", *cmd], capture_output=True,
+                           text=True, timeout=timeout)
+        if MEMFD_RACE not in r.stderr:
+            break
+        time.sleep(1 + attempt)
+    return r
+
+
 def _free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -165,8 +182,7 @@ def test_numba_cache_is_built_into_the_image_and_loaded_as_the_user(config, cont
     before = _files(cache)
     assert any(p.endswith(".nbi") for p in before) and any(p.endswith(".nbc") for p in before), before
     assert {p.stat().st_uid for p in cache.rglob("*")} == {10001}
-    r = subprocess.run(["buildah", "run", "--isolation", "chroot", name, "--", "/opt/polydet/venv/bin/python",
-                        "-c", _NUMBA_PROBE], capture_output=True, text=True, timeout=180)
+    r = _run_in(name, "/opt/polydet/venv/bin/python", "-c", _NUMBA_PROBE, timeout=180)
     assert r.returncode == 0, _tail(r.stdout + r.stderr)
     stats = json.loads(r.stdout.strip().splitlines()[-1])
     assert stats["hits"] >= 1 and stats["misses"] == 0, stats
@@ -193,6 +209,24 @@ def _wait_ready(runner: subprocess.Popen, key_file: Path, management: str, log: 
     raise AssertionError(f"not READY after {timeout:.0f} s (last: {last}):\n{_tail(log.read_text())}")
 
 
+def _start_entrypoint(name: str, config: dict, log: Path) -> subprocess.Popen:
+    """The image's own ENTRYPOINT + CMD, as its configured user and workdir, started again (3 tries) only
+    when buildah failed on its memfd race before the entrypoint ran."""
+    for attempt in range(3):
+        with open(log, "w") as out:
+            runner = subprocess.Popen(["buildah", "run", "--isolation", "chroot", name, "--",
+                                       *config["Entrypoint"], *(config.get("Cmd") or [])],
+                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            runner.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            return runner  # running: buildah got past its own start-up
+        if MEMFD_RACE not in log.read_text():
+            return runner  # exited for a reason of its own: _wait_ready reports it with the log
+        time.sleep(1 + attempt)
+    return runner
+
+
 def _jpeg() -> bytes:
     import cv2
     import numpy as np
@@ -215,18 +249,15 @@ def test_serves_a_request_as_non_root_and_stops_on_sigterm(config, container, tm
     inference = f"http://127.0.0.1:{ports['POLYDET_INFERENCE_PORT']}"
     management = f"http://127.0.0.1:{ports['POLYDET_MANAGEMENT_PORT']}"
     home = root / "var/lib/polydet"
-    healthcheck = ["buildah", "run", "--isolation", "chroot", name, "--", *config["Healthcheck"]["Test"][1:]]
+    healthcheck = config["Healthcheck"]["Test"][1:]
 
     # The healthcheck must be able to fail: nothing runs yet.
-    r = subprocess.run(healthcheck, capture_output=True, text=True, timeout=60)
+    r = _run_in(name, *healthcheck)
     assert r.returncode == 1 and r.stdout.startswith("unhealthy:"), r.stdout + r.stderr
 
     numba_cache = _files(root / NUMBA_CACHE)
     log = tmp_path / "container.log"
-    with open(log, "w") as out:  # the image's own ENTRYPOINT + CMD, as its configured user and workdir
-        runner = subprocess.Popen(["buildah", "run", "--isolation", "chroot", name, "--",
-                                   *config["Entrypoint"], *(config.get("Cmd") or [])],
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    runner = _start_entrypoint(name, config, log)
     tree: list[psutil.Process] = []
     try:
         key = _wait_ready(runner, home / "key_file.json", management, log)
@@ -255,7 +286,7 @@ def test_serves_a_request_as_non_root_and_stops_on_sigterm(config, container, tm
                               headers={"Content-Type": "application/octet-stream", **headers})
             assert r.status_code == 400 and r.json()["type"] == "InvalidKeyException", r.text
 
-        r = subprocess.run(healthcheck, capture_output=True, text=True, timeout=60)
+        r = _run_in(name, *healthcheck)
         assert (r.returncode, r.stdout.strip()) == (0, "healthy: polydet READY"), r.stdout + r.stderr
 
         # A key past its expiration time is renewed by the healthcheck with the API key (expiry simulated
@@ -265,7 +296,7 @@ def test_serves_a_request_as_non_root_and_stops_on_sigterm(config, container, tm
         old = keys["inference"]["key"]
         keys["inference"]["expiration time"] = "2000-01-01T00:00:00.000000000Z"
         key_file.write_text(json.dumps(keys))
-        r = subprocess.run(healthcheck, capture_output=True, text=True, timeout=60)
+        r = _run_in(name, *healthcheck)
         assert (r.returncode, r.stdout.strip()) == (0, "healthy: polydet READY"), r.stdout + r.stderr
         new = json.loads(key_file.read_text())["inference"]["key"]
         assert new != old
