@@ -7,6 +7,7 @@ batch it stopped at, so it sees the images it would have seen without the stop.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -75,8 +76,6 @@ def synth_config(name: str, v1_mix: float | None = None):
         raise ValueError(f"--v1-mix must be within [0, 1], got {v1_mix}")
     if name == "v1":
         return None
-    import dataclasses
-
     from ..data.synth2 import preset
 
     cfg = preset(name)
