@@ -67,11 +67,15 @@ def _buildah(*args: str, check: bool = True, timeout: float = 120) -> str:
 MEMFD_RACE = "sealing memfd copy"
 
 
+def _run_argv(name: str, *cmd: str) -> list[str]:
+    """The ``buildah run`` command line that runs cmd in container name (as its user, workdir, host network)."""
+    return ["buildah", "run", "--isolation", "chroot", name, "--", *cmd]
+
+
 def _run_in(name: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """``buildah run`` of cmd in container name, retried (3 tries) only on buildah's memfd race."""
     for attempt in range(3):
-        r = subprocess.run(["buildah", "run", "--isolation", "chroot", name, "--", *cmd], capture_output=True,
-                           text=True, timeout=timeout)
+        r = subprocess.run(_run_argv(name, *cmd), capture_output=True, text=True, timeout=timeout)
         if MEMFD_RACE not in r.stderr:
             break
         time.sleep(1 + attempt)
@@ -214,8 +218,7 @@ def _start_entrypoint(name: str, config: dict, log: Path) -> subprocess.Popen:
     when buildah failed on its memfd race before the entrypoint ran."""
     for attempt in range(3):
         with open(log, "w") as out:
-            runner = subprocess.Popen(["buildah", "run", "--isolation", "chroot", name, "--",
-                                       *config["Entrypoint"], *(config.get("Cmd") or [])],
+            runner = subprocess.Popen(_run_argv(name, *config["Entrypoint"], *(config.get("Cmd") or [])),
                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             runner.wait(timeout=3)
