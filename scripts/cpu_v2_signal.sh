@@ -5,8 +5,7 @@
 # A signal for the GPU recipe (scripts/gpu_train.sh v2), not a release: results in
 # benchmarks/results/training/cpu_v2_signal/. Needs data_sources/ (`polydet data sources`). ~45 min on 2 cores.
 # V1_MIX=0.5 trains with that share of generator-1.0 scenes (the preset's 0.25 otherwise), LR0 sets lr0
-# (0.003); the scoring sets
-# are the same either way.
+# (0.003); the scoring sets are the same either way.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
