@@ -12,7 +12,7 @@
 #        ./archive.sh --help   (every option, with its default)
 # model-config.yaml values may also come from the environment (each is the option of the same name):
 #   BATCH_SIZE MAX_BATCH_DELAY MIN_WORKERS MAX_WORKERS RESPONSE_TIMEOUT TORCH_THREADS
-#   CONF IOU MAX_DET MULTI_LABEL AGNOSTIC MAX_PIXELS
+#   CONF IOU MAX_DET MULTI_LABEL AGNOSTIC MAX_PIXELS PIN_CPU
 # PYTHON: the interpreter to run (default: .venv/bin/python beside this script, else python3).
 set -euo pipefail
 
@@ -23,7 +23,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 
 ARGS=()
 for VAR in BATCH_SIZE MAX_BATCH_DELAY MIN_WORKERS MAX_WORKERS RESPONSE_TIMEOUT TORCH_THREADS CONF IOU MAX_DET \
-           MULTI_LABEL AGNOSTIC MAX_PIXELS; do
+           MULTI_LABEL AGNOSTIC MAX_PIXELS PIN_CPU; do
   if [ -n "${!VAR:-}" ]; then
     FLAG="--$(echo "$VAR" | tr 'A-Z_' 'a-z-')"
     ARGS+=("$FLAG" "${!VAR}")

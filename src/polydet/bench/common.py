@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import statistics
 import threading
 import time
@@ -60,25 +61,27 @@ def percentiles(seconds: list[float], qs=(50, 95, 99)) -> dict:
 
 
 def closed_loop(make_worker, concurrency: int, seconds: float, warmup_s: float = 1.0,
-                keep_latencies: bool = False, by_completion: bool = False) -> dict:
+                keep_latencies: bool = False, by_completion: bool = False, keep_calls: bool = False) -> dict:
     """``concurrency`` threads, each calling its own ``make_worker(i)()`` back to back for ``seconds``.
 
     A call returns None when it succeeded, else a short failure reason. Calls that start during the
     first ``warmup_s`` are not counted. Returns requests, failures (with reasons), req_per_s and the
-    latency percentiles of the successful calls (and the latencies themselves if ``keep_latencies``).
+    latency percentiles of the successful calls (and the latencies themselves if ``keep_latencies``;
+    ``keep_calls``: "calls", a (thread, sequence number of the call in that thread, latency) per counted
+    successful call, which :func:`image_index` turns into the image a caller sent).
     ``by_completion``: count the calls that *end* inside the ``seconds`` window, over that window. Counting
     by start over start-to-last-end undercounts calls whose latency L is a good part of the window (the
     window's first L seconds finish uncounted calls): ~0.67x for 5 s calls in a 10 s window.
     """
     lock = threading.Lock()
-    lat, reasons = [], {}
+    lat, reasons, calls = [], {}, []
     t_start = time.perf_counter()
     t_count, t_end = t_start + warmup_s, t_start + warmup_s + seconds
 
     def loop(i):
         call = make_worker(i)
-        mine, bad = [], {}
-        while True:
+        mine, bad, seqs = [], {}, []
+        for seq in itertools.count():
             t0 = time.perf_counter()
             if t0 >= t_end:
                 break
@@ -90,10 +93,12 @@ def closed_loop(make_worker, concurrency: int, seconds: float, warmup_s: float =
             if (t_count <= t1 <= t_end) if by_completion else t0 >= t_count:
                 if why is None:
                     mine.append(t1 - t0)
+                    seqs.append(seq)
                 else:
                     bad[why] = bad.get(why, 0) + 1
         with lock:
             lat.extend(mine)
+            calls.extend((i, n, x) for n, x in zip(seqs, mine))
             for k, v in bad.items():
                 reasons[k] = reasons.get(k, 0) + v
 
@@ -110,6 +115,8 @@ def closed_loop(make_worker, concurrency: int, seconds: float, warmup_s: float =
            **percentiles(lat), "mean_ms": statistics.fmean(lat) * 1e3 if lat else float("nan")}
     if keep_latencies:
         out["latencies"] = lat
+    if keep_calls:
+        out["calls"] = calls
     return out
 
 
@@ -149,6 +156,12 @@ def multipart_body(images: list[bytes]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def image_index(thread: int, seq: int, n_images: int, per_request: int = 1) -> int:
+    """The first image of call ``seq`` of client thread ``thread`` (rest_caller's and grpc_caller's order:
+    thread i starts at image i and steps by ``per_request``)."""
+    return (thread + seq * per_request) % n_images
+
+
 def _answered(data: bytes, n: int) -> str | None:
     """None when a served answer holds ``n`` output-contract objects (one bare, or a results list)."""
     import json
@@ -173,11 +186,11 @@ def rest_caller(url: str, token: str | None, jpegs: list[bytes], model: str = "p
 
     def make(i):
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-        k = [i]
+        seq = itertools.count()
 
         def call():
-            images = [jpegs[(k[0] + j) % len(jpegs)] for j in range(per_request)]
-            k[0] += per_request
+            first = image_index(i, next(seq), len(jpegs), per_request)
+            images = [jpegs[(first + j) % len(jpegs)] for j in range(per_request)]
             body, ctype = (images[0], "application/octet-stream") if per_request == 1 else multipart_body(images)
             headers = {"Content-Type": ctype, **auth}
             try:
@@ -209,11 +222,11 @@ def grpc_caller(target: str, token: str | None, jpegs: list[bytes], model: str =
     metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def make(i):
-        k = [i]
+        seq = itertools.count()
 
         def call():
-            images = [jpegs[(k[0] + j) % len(jpegs)] for j in range(per_request)]
-            k[0] += per_request
+            first = image_index(i, next(seq), len(jpegs), per_request)
+            images = [jpegs[(first + j) % len(jpegs)] for j in range(per_request)]
             inputs = {"data": images[0]} if per_request == 1 else {f"image{j}": b for j, b in enumerate(images)}
             req = pb.inference_pb2.PredictionsRequest(model_name=model, input=inputs)
             try:

@@ -9,6 +9,16 @@ Phases alternate in ``--rounds`` rounds so that a noisy neighbour hits every way
 are taken per round. Also: latency at concurrency 1 (p50 served − p50 in-process, each with the
 threads of one worker) and the naive baseline (PIL decode/resize, one image at a time, shapely-loop
 NMS) against ours in one process with ``--threads`` threads, alternated in ``--naive-rounds``.
+
+The latency at concurrency 1 is also taken **paired by image**: the pool holds JPEGs of very different
+sizes, so the p50 of each way jumps between one image's latency and the next's from round to round;
+the median over the pool's images of (served median - in-process median) for that image is what
+serving adds to a request. TorchServe's own round trip is measured twice, with a handler that reads
+nothing: once at batchSize 1 and once with the served model's batchSize and maxBatchDelay (whose
+batcher makes a lone request wait up to maxBatchDelay for company). ``--server-cpus`` pins the
+TorchServe (frontend and workers) and the in-process children to the same CPUs, ``--client-cpus``
+the load generator (this process) to others, so that both ways get the same CPU budget and the
+clients' CPU is not taken from the server's.
 """
 
 from __future__ import annotations
@@ -21,12 +31,31 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import (closed_loop, grpc_caller, percentiles, rest_caller, run_together, sample_jpegs, table,
-                     weights_or_random, write_csv)
+from .common import (closed_loop, grpc_caller, image_index, percentiles, rest_caller, run_together, sample_jpegs,
+                     table, weights_or_random, write_csv)
 from .serve import ServerProbe, ServeSettings, build_store, register_model, served, warm_up
 
 SIZES = (320, 640, 1024, 1600)  # long sides of the JPEG pool (the locust pool too)
-NOOP = "no-op REST"  # TorchServe's own round trip (polydet.bench.noop_handler), concurrency 1
+POOL = 16  # JPEGs in the pool
+NOOP = "no-op REST"  # TorchServe's own round trip (polydet.bench.noop_handler), concurrency 1, batchSize 1
+NOOP_BATCHED = "no-op REST batched"  # the same with the served model's batchSize and maxBatchDelay
+
+
+def cpu_list(text: str | None) -> list[int] | None:
+    """taskset's list syntax: "0,1", "2-3", "0-1,4" -> [0, 1, ...]; None or "" -> None (no pinning)."""
+    if not text:
+        return None
+    cpus = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus += range(int(lo), int(hi or lo) + 1)
+    return cpus
+
+
+def pin(cpus: list[int] | None) -> None:
+    """Pin the calling thread (and the threads and processes it starts from now on) to ``cpus``."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -55,12 +84,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-request", default="1", help="comma list: each served protocol is also measured "
                    "with N images per request (way 'REST x8': a multipart form / several gRPC inputs; img/s "
                    "counts images); default %(default)s")
+    p.add_argument("--server-cpus", default=None, help="CPUs (taskset list, e.g. 0-1) of the TorchServe and of "
+                   "the in-process children: the same CPU budget for both ways (default: no pinning)")
+    p.add_argument("--client-cpus", default=None, help="CPUs of the load generator (this process), e.g. 2-3: "
+                   "its CPU then is not taken from the server's (default: no pinning)")
+    p.add_argument("--pin-cpu", action="store_true", help="served: the archive's handler.pin_cpu (each worker "
+                   "pins itself to a CPU of its own)")
     p.add_argument("--out", default=None, help="folder for compare.csv, compare.json and compare.png")
     return p
 
 
 # -- in-process side: child processes with their own torch thread pools -------------------------------
-def _child(artifact, threads, batch, seconds, conf, mode, ready, start, results):
+def _child(artifact, threads, batch, seconds, conf, mode, cpus, ready, start, results):
+    pin(cpus)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     import psutil
     import torch
@@ -69,7 +105,7 @@ def _child(artifact, threads, batch, seconds, conf, mode, ready, start, results)
     from ..pipeline import DetectOptions, Detector
     from .naive import NaiveDetector
 
-    jpegs = sample_jpegs(16, SIZES)
+    jpegs = sample_jpegs(POOL, SIZES)
     det = Detector.from_artifact(artifact, options=DetectOptions(conf=conf))
     if mode == "naive":
         naive = NaiveDetector(det.backend, conf=conf)
@@ -94,15 +130,34 @@ def _child(artifact, threads, batch, seconds, conf, mode, ready, start, results)
 
 
 def in_process(artifact, procs: int, threads: int, batch: int, seconds: float, conf: float,
-               mode: str = "ours") -> dict:
-    """``procs`` processes run the pipeline on batches for ``seconds`` -> img/s, latency, CPU per image."""
+               mode: str = "ours", cpus: list[int] | None = None) -> dict:
+    """``procs`` processes run the pipeline on batches for ``seconds`` -> img/s, latency, CPU per image;
+    "by_image": each image's latencies (one process of batch 1: the pool's images in turn)."""
     # spawned children: a clean torch in each, with its own thread count
-    got = run_together(_child, [(str(artifact), threads, batch, seconds, conf, mode)] * procs,
+    got = run_together(_child, [(str(artifact), threads, batch, seconds, conf, mode, cpus)] * procs,
                        ready_timeout=300, result_timeout=seconds + 600)
     images = sum(g["images"] for g in got)
     lat = [x for g in got for x in g["lat"]]
-    return {"img_per_s": images / max(g["elapsed"] for g in got), "requests": images, "failures": 0,
-            **percentiles(lat), "cpu_ms_per_img": sum(g["cpu_s"] for g in got) * 1e3 / images}
+    out = {"img_per_s": images / max(g["elapsed"] for g in got), "requests": images, "failures": 0,
+           **percentiles(lat), "cpu_ms_per_img": sum(g["cpu_s"] for g in got) * 1e3 / images}
+    if procs == 1 and batch == 1:
+        out["by_image"] = _by_image((j % POOL, x) for j, x in enumerate(got[0]["lat"]))
+    return out
+
+
+def _by_image(pairs) -> dict[int, list[float]]:
+    by: dict[int, list[float]] = {}
+    for image, seconds in pairs:
+        by.setdefault(image, []).append(seconds)
+    return by
+
+
+def paired_added_ms(served: dict, base: dict) -> float:
+    """Median over the pool's images of (``served`` median latency - ``base`` median latency) of that
+    image, in ms: what serving adds to one request, free of the pool's size mix (see the module doc)."""
+    a, b = served.get("by_image", {}), base.get("by_image", {})
+    diffs = [statistics.median(a[k]) - statistics.median(b[k]) for k in a if k in b]
+    return statistics.median(diffs) * 1e3 if diffs else float("nan")
 
 
 # -- served side ----------------------------------------------------------------------------------
@@ -114,8 +169,11 @@ def served_phase(ts, protocol: str, concurrency: int, seconds: float, jpegs: lis
             else grpc_caller(ts.grpc_inference_target, token, jpegs, model, per_request))
     with ServerProbe(ts) as probe:
         # by completion: an 8-image request can take seconds, and counting by start would undercount it
-        r = closed_loop(make, concurrency, seconds, warmup_s=1.0, by_completion=True)
+        r = closed_loop(make, concurrency, seconds, warmup_s=1.0, by_completion=True, keep_calls=True)
+    calls = r.pop("calls")
     r = {"img_per_s": r["req_per_s"] * per_request, "images_per_request": per_request, **r, **probe.result}
+    if concurrency == 1 and per_request == 1:
+        r["by_image"] = _by_image((image_index(t, n, len(jpegs)), x) for t, n, x in calls)
     r["cpu_ms_per_img"] = sum(probe.result[f"cpu_{k}_ms_per_req"] for k in ("frontend", "workers", "client")) / per_request
     return r
 
@@ -144,47 +202,61 @@ def main(argv: list[str] | None = None) -> int:
                              threads=args.threads, netty_threads=args.netty_threads)
     conc = args.concurrency or max(4, 2 * args.workers * args.batch_size)
     budget = args.workers * args.threads
-    jpegs = sample_jpegs(16, SIZES)
-    rows, rounds = [], []
     t_begin = time.strftime("%Y-%m-%d %H:%M")
+    server_cpus, client_cpus = cpu_list(args.server_cpus), cpu_list(args.client_cpus)
     with tempfile.TemporaryDirectory(prefix="polydet-compare-") as tmp:
         tmp = Path(tmp)
-        store, artifact = build_store(tmp, weights, args.imgsz, settings, conf=args.conf)
+        store, artifact = build_store(tmp, weights, args.imgsz, settings, conf=args.conf, pin_cpu=args.pin_cpu)
         imgsz = _imgsz(artifact)
         import contextlib
 
+        pin(server_cpus)  # the TorchServe started next inherits it; in-process children pin themselves
         with (contextlib.nullcontext() if args.skip_served else served(store, settings, run_dir=tmp / "run")) as ts:
+            pin(client_cpus)
             ways = ["in-process"] + ([] if args.skip_served else served_ways(args.protocols, args.images_per_request))
             if ts is not None:
                 # TorchServe's own round trip: the same bodies to a handler that reads nothing
                 register_model(ts, ServeSettings(workers=1, batch_size=1), archive="noop.mar", name="noop")
+                register_model(ts, ServeSettings(workers=1, batch_size=settings.batch_size,
+                                                 max_batch_delay=settings.max_batch_delay),
+                               archive="noop.mar", name="noop_batched")
                 n = warm_up(ts, args.warmup_seconds, conc, grpc="gRPC" in ways)
                 print(f"  warm-up: {n} small requests", flush=True)
-            for r in range(args.rounds):
-                res = {}
-                for way in ways[r % len(ways):] + ways[: r % len(ways)]:  # rotate the order each round
-                    if way == "in-process":
-                        res[way] = in_process(artifact, args.workers, args.threads, args.batch_size, args.seconds,
-                                              args.conf)
-                    else:
-                        res[way] = served_phase(ts, way_args(way)[0], conc, args.seconds, jpegs,
-                                                per_request=way_args(way)[1])
-                    print(f"  round {r + 1} {way:>10}: {res[way]['img_per_s']:.1f} img/s", flush=True)
-                lat = {"in-process": in_process(artifact, 1, args.threads, 1, args.latency_seconds, args.conf)}
-                for way in ways[1:]:
-                    lat[way] = served_phase(ts, way_args(way)[0], 1, args.latency_seconds, jpegs,
-                                            per_request=way_args(way)[1])
-                if ts is not None:
-                    lat[NOOP] = served_phase(ts, "rest", 1, args.latency_seconds, jpegs, model="noop")
-                rounds.append((res, lat))
-                for way in ways:
-                    rows.append({"round": r + 1, "way": way, "metric": "throughput", **res[way]})
-                for way in lat:
-                    rows.append({"round": r + 1, "way": way, "metric": "latency_c1", **lat[way]})
+            rows, rounds = _rounds(args, ts, artifact, ways, conc, server_cpus)
         naive_rows = _naive(args, weights, tmp, rows)
     summary = summarize(rounds, naive_rows)
     _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summary, naive_rows, imgsz)
     return 0
+
+
+def _rounds(args, ts, artifact, ways: list[str], conc: int, cpus) -> tuple[list[dict], list[tuple[dict, dict]]]:
+    """``args.rounds`` rounds of throughput (the ways in a rotating order) then latency at concurrency 1."""
+    jpegs = sample_jpegs(POOL, SIZES)
+    rows, rounds = [], []
+    for r in range(args.rounds):
+        res = {}
+        for way in ways[r % len(ways):] + ways[: r % len(ways)]:  # rotate the order each round
+            if way == "in-process":
+                res[way] = in_process(artifact, args.workers, args.threads, args.batch_size, args.seconds,
+                                      args.conf, cpus=cpus)
+            else:
+                res[way] = served_phase(ts, way_args(way)[0], conc, args.seconds, jpegs, per_request=way_args(way)[1])
+            print(f"  round {r + 1} {way:>10}: {res[way]['img_per_s']:.1f} img/s", flush=True)
+        lat = {"in-process": in_process(artifact, 1, args.threads, 1, args.latency_seconds, args.conf, cpus=cpus)}
+        for way in ways[1:]:
+            lat[way] = served_phase(ts, way_args(way)[0], 1, args.latency_seconds, jpegs,
+                                    per_request=way_args(way)[1])
+        if ts is not None:
+            lat[NOOP] = served_phase(ts, "rest", 1, args.latency_seconds, jpegs, model="noop")
+            lat[NOOP_BATCHED] = served_phase(ts, "rest", 1, args.latency_seconds, jpegs, model="noop_batched")
+        rounds.append((res, lat))
+        for metric, got in (("throughput", res), ("latency_c1", lat)):
+            for way in (ways if metric == "throughput" else lat):
+                row = {k: v for k, v in got[way].items() if k != "by_image"}
+                if metric == "latency_c1" and way not in ("in-process", NOOP, NOOP_BATCHED) and "by_image" in got[way]:
+                    row["added_paired_ms"] = paired_added_ms(got[way], lat["in-process"])
+                rows.append({"round": r + 1, "way": way, "metric": metric, **row})
+    return rows, rounds
 
 
 def _naive(args, weights, tmp: Path, rows: list) -> list[dict]:
@@ -199,7 +271,8 @@ def _naive(args, weights, tmp: Path, rows: list) -> list[dict]:
         for r in range(args.naive_rounds):  # alternate, so that a noisy neighbour hits both alike
             for mode in ("ours", "naive") if r % 2 == 0 else ("naive", "ours"):
                 got[mode].append(in_process(art, 1, args.threads, 1, args.naive_seconds, conf, mode=mode))
-        ours, naive = ({k: statistics.median(x[k] for x in got[m]) for k in got[m][0]} for m in ("ours", "naive"))
+        ours, naive = ({k: statistics.median(x[k] for x in got[m]) for k in got[m][0] if k != "by_image"}
+                       for m in ("ours", "naive"))
         naive_rows.append({"imgsz": size, "conf": conf, "ours_img_per_s": ours["img_per_s"],
                            "naive_img_per_s": naive["img_per_s"], "ours_p50_ms": ours["p50_ms"],
                            "naive_p50_ms": naive["p50_ms"], "ours_vs_naive": statistics.median(
@@ -224,9 +297,15 @@ def summarize(rounds, naive_rows) -> dict:
             s[key] = med([_ratio(r[way]["img_per_s"], r[one]["img_per_s"]) for r, _ in rounds])
     if rounds and NOOP in rounds[0][1]:
         s["noop_REST_p50_ms"] = med([lat[NOOP]["p50_ms"] for _, lat in rounds])
+        s["noop_batched_REST_p50_ms"] = med([lat[NOOP_BATCHED]["p50_ms"] for _, lat in rounds])
         # the target: what serving adds beyond TorchServe's own round trip (<= 1 ms)
         s["REST_added_p50_beyond_noop_ms"] = med([lat["REST"]["p50_ms"] - lat["in-process"]["p50_ms"]
                                                   - lat[NOOP]["p50_ms"] for _, lat in rounds])
+        paired = [paired_added_ms(lat["REST"], lat["in-process"]) for _, lat in rounds]
+        s["REST_added_paired_ms"] = med(paired)
+        s["REST_added_paired_beyond_noop_ms"] = med([p - lat[NOOP]["p50_ms"] for p, (_, lat) in zip(paired, rounds)])
+        s["REST_added_paired_beyond_batched_noop_ms"] = med([p - lat[NOOP_BATCHED]["p50_ms"]
+                                                            for p, (_, lat) in zip(paired, rounds)])
     for n in naive_rows:
         s[f"ours_vs_naive_{n['imgsz']}_c{n['conf']:g}"] = n["ours_vs_naive"]
     return s
@@ -246,8 +325,11 @@ def _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summar
     wname = "random weights (no bundled weights)" if weights == "random" else Path(weights).name
     head = (f"{t_begin}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}; weights: {wname}; "
             f"imgsz {imgsz}; {settings.label()}; CPU budget {budget} torch threads in total; "
-            f"throughput at {conc} clients, {args.seconds:g} s x {args.rounds} rounds")
-    cols = ["round", "way", "metric", "img_per_s", "images_per_request", "p50_ms", "p99_ms", "failures",
+            f"throughput at {conc} clients, {args.seconds:g} s x {args.rounds} rounds"
+            + (f"; server and in-process on CPUs {args.server_cpus}" if args.server_cpus else "")
+            + (f", clients on CPUs {args.client_cpus}" if args.client_cpus else "")
+            + ("; workers pinned one per CPU (handler.pin_cpu)" if args.pin_cpu else ""))
+    cols = ["round", "way", "metric", "img_per_s", "images_per_request", "p50_ms", "p99_ms", "added_paired_ms", "failures",
             "cpu_ms_per_img", "queue_ms",
             "frontend_latency_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
             "PolydetPostprocessMs_avg", "PolydetBatchSize_avg", "cpu_frontend_ms_per_req", "cpu_workers_ms_per_req",

@@ -61,9 +61,11 @@ class ServeSettings:
 
 
 def build_store(root: str | Path, weights: str | None = None, imgsz: int | None = None,
-                settings: ServeSettings = ServeSettings(), conf: float | None = None) -> tuple[Path, Path]:
+                settings: ServeSettings = ServeSettings(), conf: float | None = None,
+                pin_cpu: bool = False) -> tuple[Path, Path]:
     """``polydet archive`` into ``root/model_store`` (TorchScript only), plus ``noop.mar`` (TorchServe's own
-    round trip, :mod:`polydet.bench.noop_handler`) -> (store, the artifact inside polydet.mar)."""
+    round trip, :mod:`polydet.bench.noop_handler`) -> (store, the artifact inside polydet.mar).
+    ``pin_cpu``: the archive's ``handler.pin_cpu`` (one CPU per worker)."""
     import dataclasses
 
     from ..options import DetectOptions
@@ -73,7 +75,8 @@ def build_store(root: str | Path, weights: str | None = None, imgsz: int | None 
     store, build = root / "model_store", root / "build"
     batching = Batching(min_workers=settings.workers, max_workers=settings.workers, batch_size=settings.batch_size,
                         max_batch_delay=settings.max_batch_delay)
-    service = SERVED if conf is None else dataclasses.replace(SERVED, options=DetectOptions(conf=conf))
+    service = dataclasses.replace(SERVED, pin_cpu=pin_cpu,
+                                  **({} if conf is None else {"options": DetectOptions(conf=conf)}))
     build_archives(ArchiveJob(store, build, weights=weights or weights_or_random(), formats=("torchscript",),
                               imgsz=imgsz, batching=batching, service=service))
     noop = Path(__file__).with_name("noop_handler.py")

@@ -266,6 +266,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-decode-bytes", type=int, default=d.max_decode_bytes,
                    help="memory one image's decode may take (default %(default)s)")
     g.add_argument("--torch-threads", type=int, default=d.torch_threads)
+    g.add_argument("--pin-cpu", type=_bool, default=d.pin_cpu, metavar="true|false",
+                   help="each CPU worker pins itself to a CPU no other worker holds (default %(default)s)")
     return p
 
 
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "multi_label": args.multi_label, "agnostic": args.agnostic})
         service = ServiceConfig.from_section({**SERVED.to_section(), "options": dataclasses.asdict(options),
                                               "max_pixels": args.max_pixels, "max_decode_bytes": args.max_decode_bytes,
-                                              "torch_threads": args.torch_threads})
+                                              "torch_threads": args.torch_threads, "pin_cpu": args.pin_cpu})
         job = ArchiveJob(args.store.resolve(), args.build.resolve(), args.name, args.version, args.weights, formats,
                          args.imgsz, args.artifact, args.int8,
                          dataclasses.replace(base, **given), service, args.force,

@@ -51,6 +51,9 @@ class ServiceConfig:
     # on a CUDA worker, decode JPEGs and letterbox on the GPU (polydet.gpu_preprocess; PNG/WebP/progressive
     # and bad files still take the CPU path); false keeps the whole decode on the CPU
     gpu_decode: bool = True
+    # a CPU worker pins itself to one CPU of its allowed set that no other worker holds
+    # (polydet.serving.affinity); more workers than CPUs: the rest float. GPU workers never pin.
+    pin_cpu: bool = False
 
     @classmethod
     def from_section(cls, section: Mapping | None) -> "ServiceConfig":
@@ -68,7 +71,7 @@ class ServiceConfig:
             _positive_int(section, key, getattr(cls, key))
         if section.get("torch_threads") is not None:
             _positive_int(section, "torch_threads", None)
-        for key in ("warmup", "metrics", "gpu_decode"):
+        for key in ("warmup", "metrics", "gpu_decode", "pin_cpu"):
             if not isinstance(section.get(key, True), bool):
                 raise ConfigError(f"model-config.yaml: handler.{key} must be true or false, got {section[key]!r}")
         if not 1 <= section.get("dewarp_jpeg_quality", 90) <= 100:

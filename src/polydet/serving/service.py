@@ -27,6 +27,7 @@ from ..pipeline import Detector, default_preprocessor
 from ..options import DetectOptions
 from ..preprocess import error_of, to_rgb
 from ..results import Detections, ImageError, Timings
+from .affinity import claim_cpu
 from .config import ServiceConfig
 from .parse import (BODY_KEY, JSON_ONLY_KEYS, MAX_JSON_DEPTH, Request, RequestTooLargeError,  # noqa: F401
                     json_depth, parse_json, parse_request)
@@ -90,7 +91,7 @@ class DetectionService:
     def __init__(self, detector: Detector, config: ServiceConfig | None = None):
         self.detector = detector
         self.config = config or ServiceConfig()
-        self.warmed = ""  # what from_artifact's warm-up did, for describe()
+        self.started = ""  # what from_artifact did at start (CPU pinning, warm-up), for describe()
 
     @classmethod
     def from_artifact(cls, artifact: str, section: Mapping | None = None, device: str = "cpu",
@@ -100,6 +101,7 @@ class DetectionService:
         ``warmup: false``, loads the JPEG scan check's kernel and runs the model at batch 1, 1 and
         ``batch_size`` so requests never pay the first calls' profiling."""
         config = ServiceConfig.from_section(section)
+        pinned = claim_cpu() if config.pin_cpu and device == "cpu" else None
         if config.torch_threads:
             import torch
 
@@ -110,19 +112,21 @@ class DetectionService:
         detector = Detector(backend, options=config.options, max_pixels=config.max_pixels, preprocessor=pre,
                             max_candidates=config.max_candidates)
         service = cls(detector, config)
+        if pinned is not None:
+            service.started = f", pinned to CPU {pinned}"
         if config.warmup:
             from ..jpegcheck import warmup as load_jpeg_check
 
             t0 = time.perf_counter()
             load_jpeg_check()  # the first JPEG would pay for it otherwise
             detector.warmup((1, 1, max(1, batch_size)))
-            service.warmed = f", warmed up at batch {(1, 1, max(1, batch_size))} in {time.perf_counter() - t0:.2f} s"
+            service.started += f", warmed up at batch {(1, 1, max(1, batch_size))} in {time.perf_counter() - t0:.2f} s"
         return service
 
     def describe(self) -> str:
         d = self.detector
         return (f"{d.backend.path.name} on {d.device}, classes {d.info.names}, imgsz {d.info.imgsz}, "
-                f"NMS {d.nms_backend}, preprocess {type(d.preprocessor).__name__}{self.warmed}, {self.config}")
+                f"NMS {d.nms_backend}, preprocess {type(d.preprocessor).__name__}{self.started}, {self.config}")
 
     def answer(self, requests: Sequence[Mapping[str, Any]]) -> tuple[list[Reply], BatchStats]:
         """One Reply per request, in order; all good images of all requests through the Detector as one batch."""
