@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .common import (closed_loop, grpc_caller, image_index, percentiles, rest_caller, run_together, sample_jpegs,
                      table, weights_or_random, write_csv)
+from .loadgen import rest_event_loop
 from .serve import ServerProbe, ServeSettings, build_store, register_model, served, warm_up
 
 SIZES = (320, 640, 1024, 1600)  # long sides of the JPEG pool (the locust pool too)
@@ -88,6 +89,9 @@ def make_parser() -> argparse.ArgumentParser:
                    "the in-process children: the same CPU budget for both ways (default: no pinning)")
     p.add_argument("--client-cpus", default=None, help="CPUs of the load generator (this process), e.g. 2-3: "
                    "its CPU then is not taken from the server's (default: no pinning)")
+    p.add_argument("--client", choices=("events", "threads"), default="events", help="REST load generator: one "
+                   "thread driving every connection (default: the least CPU taken from a server it shares cores "
+                   "with) or a thread per client (http.client)")
     p.add_argument("--pin-cpu", action="store_true", help="served: the archive's handler.pin_cpu (each worker "
                    "pins itself to a CPU of its own)")
     p.add_argument("--out", default=None, help="folder for compare.csv, compare.json and compare.png")
@@ -162,14 +166,19 @@ def paired_added_ms(served: dict, base: dict) -> float:
 
 # -- served side ----------------------------------------------------------------------------------
 def served_phase(ts, protocol: str, concurrency: int, seconds: float, jpegs: list[bytes],
-                 model: str = "polydet", per_request: int = 1) -> dict:
-    """A closed loop of ``concurrency`` clients, ``per_request`` images per request; img/s counts images."""
+                 model: str = "polydet", per_request: int = 1, client: str = "events") -> dict:
+    """A closed loop of ``concurrency`` clients, ``per_request`` images per request; img/s counts images.
+    ``client``: "events" (REST: one thread drives every connection, :mod:`.loadgen`) or "threads" (a
+    thread per client, as gRPC always is)."""
     token = ts.tokens.inference
     make = (rest_caller(ts.inference_url, token, jpegs, model, per_request) if protocol == "rest"
             else grpc_caller(ts.grpc_inference_target, token, jpegs, model, per_request))
     with ServerProbe(ts) as probe:
         # by completion: an 8-image request can take seconds, and counting by start would undercount it
-        r = closed_loop(make, concurrency, seconds, warmup_s=1.0, by_completion=True, keep_calls=True)
+        if protocol == "rest" and client == "events":
+            r = rest_event_loop(ts.inference_url, token, jpegs, concurrency, seconds, 1.0, model, per_request)
+        else:
+            r = closed_loop(make, concurrency, seconds, warmup_s=1.0, by_completion=True, keep_calls=True)
     calls = r.pop("calls")
     r = {"img_per_s": r["req_per_s"] * per_request, "images_per_request": per_request, **r, **probe.result}
     if concurrency == 1 and per_request == 1:
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 register_model(ts, ServeSettings(workers=1, batch_size=settings.batch_size,
                                                  max_batch_delay=settings.max_batch_delay),
                                archive="noop.mar", name="noop_batched")
-                n = warm_up(ts, args.warmup_seconds, conc, grpc="gRPC" in ways)
+                n = warm_up(ts, args.warmup_seconds, conc, grpc="gRPC" in ways, pool=sample_jpegs(POOL, SIZES))
                 print(f"  warm-up: {n} small requests", flush=True)
             rows, rounds = _rounds(args, ts, artifact, ways, conc, server_cpus)
         naive_rows = _naive(args, weights, tmp, rows)
@@ -240,15 +249,16 @@ def _rounds(args, ts, artifact, ways: list[str], conc: int, cpus) -> tuple[list[
                 res[way] = in_process(artifact, args.workers, args.threads, args.batch_size, args.seconds,
                                       args.conf, cpus=cpus)
             else:
-                res[way] = served_phase(ts, way_args(way)[0], conc, args.seconds, jpegs, per_request=way_args(way)[1])
+                res[way] = served_phase(ts, way_args(way)[0], conc, args.seconds, jpegs, per_request=way_args(way)[1],
+                                        client=args.client)
             print(f"  round {r + 1} {way:>10}: {res[way]['img_per_s']:.1f} img/s", flush=True)
         lat = {"in-process": in_process(artifact, 1, args.threads, 1, args.latency_seconds, args.conf, cpus=cpus)}
         for way in ways[1:]:
             lat[way] = served_phase(ts, way_args(way)[0], 1, args.latency_seconds, jpegs,
-                                    per_request=way_args(way)[1])
+                                    per_request=way_args(way)[1], client=args.client)
         if ts is not None:
-            lat[NOOP] = served_phase(ts, "rest", 1, args.latency_seconds, jpegs, model="noop")
-            lat[NOOP_BATCHED] = served_phase(ts, "rest", 1, args.latency_seconds, jpegs, model="noop_batched")
+            for name, model in ((NOOP, "noop"), (NOOP_BATCHED, "noop_batched")):
+                lat[name] = served_phase(ts, "rest", 1, args.latency_seconds, jpegs, model=model, client=args.client)
         rounds.append((res, lat))
         for metric, got in (("throughput", res), ("latency_c1", lat)):
             for way in (ways if metric == "throughput" else lat):
@@ -328,7 +338,8 @@ def _report(args, settings, weights, conc, budget, t_begin, rows, rounds, summar
             f"throughput at {conc} clients, {args.seconds:g} s x {args.rounds} rounds"
             + (f"; server and in-process on CPUs {args.server_cpus}" if args.server_cpus else "")
             + (f", clients on CPUs {args.client_cpus}" if args.client_cpus else "")
-            + ("; workers pinned one per CPU (handler.pin_cpu)" if args.pin_cpu else ""))
+            + ("; workers pinned one per CPU (handler.pin_cpu)" if args.pin_cpu else "")
+            + f"; REST clients: {args.client}")
     cols = ["round", "way", "metric", "img_per_s", "images_per_request", "p50_ms", "p99_ms", "added_paired_ms", "failures",
             "cpu_ms_per_img", "queue_ms",
             "frontend_latency_ms", "HandlerTime_avg", "PolydetPreprocessMs_avg", "PolydetInferenceMs_avg",
