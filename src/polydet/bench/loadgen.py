@@ -56,77 +56,93 @@ def _answer(buf: bytearray) -> tuple[int, bytes, int, bool] | None:
     return int(head[0].split()[1]), bytes(buf[end + 4:end + 4 + size]), end + 4 + size, close
 
 
+class _Loop:
+    """The connections' state and what each event does to it (``rest_event_loop`` runs it)."""
+
+    def __init__(self, url: str, token: str | None, jpegs: list[bytes], concurrency: int, seconds: float,
+                 warmup_s: float, model: str, per_request: int):
+        u = urlsplit(url)
+        self.host, self.path, self.token, self.jpegs, self.per_request = u.netloc, f"/predictions/{model}", token, \
+            jpegs, per_request
+        self.requests: dict[int, bytes] = {}  # first image -> the whole request, built once
+        self.conns = [_Conn(i, (u.hostname, u.port)) for i in range(concurrency)]
+        self.sel = selectors.DefaultSelector()
+        self.lat, self.calls, self.reasons = [], [], {}
+        self.t_count = time.perf_counter() + warmup_s
+        self.t_end = self.t_count + seconds
+
+    def start(self, c: _Conn) -> None:
+        """Send ``c``'s next request, or close it once the window is over."""
+        if time.perf_counter() >= self.t_end:
+            self.sel.unregister(c.sock)
+            c.sock.close()
+            return
+        n = len(self.jpegs)
+        first = image_index(c.thread, c.seq, n, self.per_request)
+        if first not in self.requests:
+            self.requests[first] = _request(self.host, self.path, self.token,
+                                            [self.jpegs[(first + j) % n] for j in range(self.per_request)])
+        c.out, c.t0 = memoryview(self.requests[first]), time.perf_counter()
+        self.sel.modify(c.sock, selectors.EVENT_WRITE, c)
+
+    def done(self, c: _Conn, why: str | None) -> None:
+        t1 = time.perf_counter()
+        if self.t_count <= t1 <= self.t_end:
+            if why is None:
+                self.lat.append(t1 - c.t0)
+                self.calls.append((c.thread, c.seq, t1 - c.t0))
+            else:
+                self.reasons[why] = self.reasons.get(why, 0) + 1
+        c.seq += 1
+
+    def event(self, c: _Conn, events: int) -> None:
+        close = False
+        try:
+            if events & selectors.EVENT_WRITE:
+                c.out = c.out[c.sock.send(c.out):]
+                if not c.out:
+                    self.sel.modify(c.sock, selectors.EVENT_READ, c)
+                return
+            data = c.sock.recv(1 << 16)
+            if not data:
+                raise ConnectionResetError("closed by the server")
+            c.buf += data
+            got = _answer(c.buf)
+            if got is None:
+                return
+            status, body, used, close = got
+            del c.buf[:used]
+            self.done(c, _answered(body, self.per_request) if status == 200 else f"HTTP {status}: {body[:100]!r}")
+        except (OSError, ValueError) as e:
+            self.done(c, type(e).__name__)
+            close = True
+        if close:  # a new connection for the next request
+            self.sel.unregister(c.sock)
+            c.sock.close()
+            c.connect()
+            self.sel.register(c.sock, selectors.EVENT_WRITE, c)
+        self.start(c)
+
+
 def rest_event_loop(url: str, token: str | None, jpegs: list[bytes], concurrency: int, seconds: float,
                     warmup_s: float = 1.0, model: str = "polydet", per_request: int = 1) -> dict:
     """``concurrency`` closed-loop clients POSTing ``per_request`` images per request for ``seconds`` after
     ``warmup_s``; calls that end inside the window count (by completion). Returns closed_loop's keys."""
-    u = urlsplit(url)
-    path, n = f"/predictions/{model}", len(jpegs)
-    requests = {}  # first image -> the whole request, built once
-    conns = [_Conn(i, (u.hostname, u.port)) for i in range(concurrency)]
-    sel = selectors.DefaultSelector()
-    lat, calls, reasons = [], [], {}
-    t_count = time.perf_counter() + warmup_s
-    t_end = t_count + seconds
-
-    def start(c: _Conn) -> None:
-        if time.perf_counter() >= t_end:
-            sel.unregister(c.sock)
-            c.sock.close()
-            return
-        first = image_index(c.thread, c.seq, n, per_request)
-        if first not in requests:
-            requests[first] = _request(u.netloc, path, token, [jpegs[(first + j) % n] for j in range(per_request)])
-        c.out, c.t0 = memoryview(requests[first]), time.perf_counter()
-        sel.modify(c.sock, selectors.EVENT_WRITE, c)
-
-    def done(c: _Conn, why: str | None) -> None:
-        t1 = time.perf_counter()
-        if t_count <= t1 <= t_end:
-            if why is None:
-                lat.append(t1 - c.t0)
-                calls.append((c.thread, c.seq, t1 - c.t0))
-            else:
-                reasons[why] = reasons.get(why, 0) + 1
-        c.seq += 1
-
-    for c in conns:
+    loop = _Loop(url, token, jpegs, concurrency, seconds, warmup_s, model, per_request)
+    for c in loop.conns:
         c.connect()
-        sel.register(c.sock, selectors.EVENT_WRITE, c)
-        start(c)
-    while sel.get_map():
-        if time.perf_counter() > t_end + 120:  # an answer that never came
-            reasons["no answer in 120 s"] = len(sel.get_map())
+        loop.sel.register(c.sock, selectors.EVENT_WRITE, c)
+        loop.start(c)
+    while loop.sel.get_map():
+        if time.perf_counter() > loop.t_end + 120:  # an answer that never came
+            loop.reasons["no answer in 120 s"] = len(loop.sel.get_map())
             break
-        for key, events in sel.select(timeout=1.0):
-            c = key.data
-            try:
-                if events & selectors.EVENT_WRITE:
-                    c.out = c.out[c.sock.send(c.out):]
-                    if not c.out:
-                        sel.modify(c.sock, selectors.EVENT_READ, c)
-                    continue
-                data = c.sock.recv(1 << 16)
-                if not data:
-                    raise ConnectionResetError("closed by the server")
-                c.buf += data
-                got = _answer(c.buf)
-                if got is None:
-                    continue
-                status, body, used, close = got
-                del c.buf[:used]
-                done(c, _answered(body, per_request) if status == 200 else f"HTTP {status}: {body[:100]!r}")
-            except (OSError, ValueError) as e:
-                done(c, type(e).__name__)
-                close = True
-            if close:  # a new connection for the next request
-                sel.unregister(c.sock)
-                c.sock.close()
-                c.connect()
-                sel.register(c.sock, selectors.EVENT_WRITE, c)
-            start(c)
-    for c in list(sel.get_map().values()):
-        c.data.sock.close()
+        for key, events in loop.sel.select(timeout=1.0):
+            loop.event(key.data, events)
+    for key in list(loop.sel.get_map().values()):
+        key.data.sock.close()
+    lat, reasons = loop.lat, loop.reasons
     return {"requests": len(lat), "failures": sum(reasons.values()), "req_per_s": len(lat) / seconds,
             "failure_reasons": "; ".join(f"{v}x {k}" for k, v in reasons.items())[:300],
-            **percentiles(lat), "mean_ms": statistics.fmean(lat) * 1e3 if lat else float("nan"), "calls": calls}
+            **percentiles(lat), "mean_ms": statistics.fmean(lat) * 1e3 if lat else float("nan"),
+            "calls": loop.calls}
