@@ -229,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
                 register_model(ts, ServeSettings(workers=1, batch_size=settings.batch_size,
                                                  max_batch_delay=settings.max_batch_delay),
                                archive="noop.mar", name="noop_batched")
-                n = warm_up(ts, args.warmup_seconds, conc, grpc="gRPC" in ways, pool=sample_jpegs(POOL, SIZES))
-                print(f"  warm-up: {n} small requests", flush=True)
+                n = warm_up(ts, args.warmup_seconds / 2, conc, grpc="gRPC" in ways)
+                # then the measured traffic through the measuring client: its code paths in the JVM too
+                n += served_phase(ts, "rest", conc, args.warmup_seconds / 2, sample_jpegs(POOL, SIZES),
+                                  client=args.client)["requests"]
+                print(f"  warm-up: {n} requests", flush=True)
             rows, rounds = _rounds(args, ts, artifact, ways, conc, server_cpus)
         naive_rows = _naive(args, weights, tmp, rows)
     summary = summarize(rounds, naive_rows)

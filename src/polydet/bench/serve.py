@@ -325,18 +325,14 @@ class ServerProbe(Sampler):
 
 
 
-def warm_up(ts, seconds: float, concurrency: int, grpc: bool = False, pool: list[bytes] | None = None) -> int:
+def warm_up(ts, seconds: float, concurrency: int, grpc: bool = False) -> int:
     """Small JPEGs at ``concurrency`` for ``seconds`` (REST, and gRPC if asked): the JVM compiles its hot
-    paths after thousands of requests, and a cold frontend spends CPU on that instead of on requests.
-    ``pool``: half of ``seconds`` goes to these JPEGs instead (the measured traffic's paths: large bodies)."""
+    paths after thousands of requests, and a cold frontend spends CPU on that instead of on requests."""
     from .common import closed_loop, grpc_caller, rest_caller, sample_jpegs
 
     small = sample_jpegs(8, sizes=(320,))
     token = ts.tokens.inference
-    rest = seconds / 2 if pool else seconds
-    n = closed_loop(rest_caller(ts.inference_url, token, small), concurrency, rest, warmup_s=0)["requests"]
-    if pool:
-        n += closed_loop(rest_caller(ts.inference_url, token, pool), concurrency, seconds - rest, warmup_s=0)["requests"]
+    n = closed_loop(rest_caller(ts.inference_url, token, small), concurrency, seconds, warmup_s=0)["requests"]
     if grpc:
         n += closed_loop(grpc_caller(ts.grpc_inference_target, token, small), concurrency, seconds / 2,
                          warmup_s=0)["requests"]
