@@ -171,13 +171,13 @@ def served_phase(ts, protocol: str, concurrency: int, seconds: float, jpegs: lis
     ``client``: "events" (REST: one thread drives every connection, :mod:`.loadgen`) or "threads" (a
     thread per client, as gRPC always is)."""
     token = ts.tokens.inference
-    make = (rest_caller(ts.inference_url, token, jpegs, model, per_request) if protocol == "rest"
-            else grpc_caller(ts.grpc_inference_target, token, jpegs, model, per_request))
     with ServerProbe(ts) as probe:
         # by completion: an 8-image request can take seconds, and counting by start would undercount it
         if protocol == "rest" and client == "events":
             r = rest_event_loop(ts.inference_url, token, jpegs, concurrency, seconds, 1.0, model, per_request)
         else:
+            make = (rest_caller(ts.inference_url, token, jpegs, model, per_request) if protocol == "rest"
+                    else grpc_caller(ts.grpc_inference_target, token, jpegs, model, per_request))
             r = closed_loop(make, concurrency, seconds, warmup_s=1.0, by_completion=True, keep_calls=True)
     calls = r.pop("calls")
     r = {"img_per_s": r["req_per_s"] * per_request, "images_per_request": per_request, **r, **probe.result}
