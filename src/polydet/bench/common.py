@@ -162,6 +162,16 @@ def image_index(thread: int, seq: int, n_images: int, per_request: int = 1) -> i
     return (thread + seq * per_request) % n_images
 
 
+def images_from(jpegs: list[bytes], first: int, per_request: int) -> list[bytes]:
+    """The ``per_request`` images of a request whose first image is ``first``, wrapping around the pool."""
+    return [jpegs[(first + j) % len(jpegs)] for j in range(per_request)]
+
+
+def rest_body(images: list[bytes]) -> tuple[bytes, str]:
+    """A REST request's body and Content-Type: one image raw, several as a multipart form."""
+    return (images[0], "application/octet-stream") if len(images) == 1 else multipart_body(images)
+
+
 def _answered(data: bytes, n: int) -> str | None:
     """None when a served answer holds ``n`` output-contract objects (one bare, or a results list)."""
     import json
@@ -189,9 +199,7 @@ def rest_caller(url: str, token: str | None, jpegs: list[bytes], model: str = "p
         seq = itertools.count()
 
         def call():
-            first = image_index(i, next(seq), len(jpegs), per_request)
-            images = [jpegs[(first + j) % len(jpegs)] for j in range(per_request)]
-            body, ctype = (images[0], "application/octet-stream") if per_request == 1 else multipart_body(images)
+            body, ctype = rest_body(images_from(jpegs, image_index(i, next(seq), len(jpegs), per_request), per_request))
             headers = {"Content-Type": ctype, **auth}
             try:
                 conn.request("POST", f"/predictions/{model}", body=body, headers=headers)
@@ -225,8 +233,7 @@ def grpc_caller(target: str, token: str | None, jpegs: list[bytes], model: str =
         seq = itertools.count()
 
         def call():
-            first = image_index(i, next(seq), len(jpegs), per_request)
-            images = [jpegs[(first + j) % len(jpegs)] for j in range(per_request)]
+            images = images_from(jpegs, image_index(i, next(seq), len(jpegs), per_request), per_request)
             inputs = {"data": images[0]} if per_request == 1 else {f"image{j}": b for j, b in enumerate(images)}
             req = pb.inference_pb2.PredictionsRequest(model_name=model, input=inputs)
             try:

@@ -17,7 +17,7 @@ import statistics
 import time
 from urllib.parse import urlsplit
 
-from .common import _answered, image_index, multipart_body, percentiles
+from .common import _answered, image_index, images_from, percentiles, rest_body
 
 
 class _Conn:
@@ -33,7 +33,7 @@ class _Conn:
 
 
 def _request(host: str, path: str, token: str | None, images: list[bytes]) -> bytes:
-    body, ctype = (images[0], "application/octet-stream") if len(images) == 1 else multipart_body(images)
+    body, ctype = rest_body(images)
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\n{auth}"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -81,7 +81,7 @@ class _Loop:
         first = image_index(c.thread, c.seq, n, self.per_request)
         if first not in self.requests:
             self.requests[first] = _request(self.host, self.path, self.token,
-                                            [self.jpegs[(first + j) % n] for j in range(self.per_request)])
+                                            images_from(self.jpegs, first, self.per_request))
         c.out, c.t0 = memoryview(self.requests[first]), time.perf_counter()
         self.sel.modify(c.sock, selectors.EVENT_WRITE, c)
 
